@@ -1,0 +1,1 @@
+//! mimo-compiler: fuse, tile, schedule and generate the persistent CUDA megakernel.

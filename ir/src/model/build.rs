@@ -1,0 +1,298 @@
+//! Decode graphs of Qwen3-MoE and Mixtral: T tokens at run-time positions, after a KV cache.
+//!
+//! One graph serves decode (T = 1), prefill and verification (T = n, causal): the tokens' absolute
+//! positions are an input, so where the sequence starts is a run-time value, not a shape.
+//!
+//! Inputs `token_ids` i32 [T] and `positions` i32 [T]; state `layers.L.k_cache` / `v_cache`
+//! [max_context, kv_heads, head_dim]; outputs `logits` [T, vocab] and `next_ids` i32 [T] (argmax).
+
+use crate::graph::{Graph, GraphBuilder, GraphError, Value};
+use crate::model::ModelSpec;
+use crate::model::names::{self, LayerWeight};
+use crate::ops::{
+    Add, Argmax, Attention, Embedding, ExpertLinear, KvAppend, Linear, Reshape, RmsNorm, Rope,
+    RouterTopK, SiluMul, WeightedSum,
+};
+use crate::types::{DType, TensorType};
+
+pub const TOKEN_IDS: &str = "token_ids";
+pub const POSITIONS: &str = "positions";
+pub const LOGITS: &str = "logits";
+pub const NEXT_IDS: &str = "next_ids";
+
+/// The state name of layer `layer`'s key (`"k"`) or value (`"v"`) cache.
+pub fn cache_name(layer: usize, kv: &str) -> String {
+    format!("layers.{layer}.{kv}_cache")
+}
+
+/// Builds the graph of one step over `tokens` tokens with a cache of `max_context` positions.
+pub fn decode_graph(
+    spec: &ModelSpec,
+    tokens: usize,
+    max_context: usize,
+) -> Result<Graph, GraphError> {
+    let mut b = ModelGraph {
+        b: GraphBuilder::new(format!("{}_t{tokens}", spec.architecture.model_type())),
+        spec,
+    };
+    let ids = b.b.input(TOKEN_IDS, TensorType::i32([tokens]))?;
+    let positions = b.b.input(POSITIONS, TensorType::i32([tokens]))?;
+    let embed = b.weight(names::EMBED, vec![spec.vocab_size, spec.hidden_size], false)?;
+    let mut x = b.b.op1("embed_tokens", Embedding {}, &[embed, ids])?;
+    for layer in 0..spec.num_layers {
+        x = b.attention_block(layer, x, positions, max_context)?;
+        x = b.moe_block(layer, x)?;
+    }
+    let norm = b.weight(names::FINAL_NORM, vec![spec.hidden_size], false)?;
+    let h = b.b.op1(
+        "final_norm_out",
+        RmsNorm {
+            eps: spec.rms_norm_eps as f32,
+        },
+        &[x, norm],
+    )?;
+    let lm_head = b.weight(
+        names::LM_HEAD,
+        vec![spec.vocab_size, spec.hidden_size],
+        false,
+    )?;
+    let logits = b.b.op1("lm_head_out", Linear {}, &[h, lm_head])?;
+    let next = b.b.op1("greedy", Argmax {}, &[logits])?;
+    b.b.output(LOGITS, logits)?;
+    b.b.output(NEXT_IDS, next)?;
+    b.b.finish()
+}
+
+struct ModelGraph<'a> {
+    b: GraphBuilder,
+    spec: &'a ModelSpec,
+}
+
+impl ModelGraph<'_> {
+    fn weight(&mut self, name: &str, shape: Vec<usize>, expert: bool) -> Result<Value, GraphError> {
+        let format = if expert {
+            self.spec.formats.experts
+        } else {
+            self.spec.formats.dense
+        };
+        self.b
+            .weight(name, TensorType::new(shape, DType::from(format)))
+    }
+
+    fn layer_weight(&mut self, layer: usize, w: LayerWeight) -> Result<Value, GraphError> {
+        self.weight(&w.name(layer), w.shape(self.spec), w.is_expert())
+    }
+
+    fn norm(&mut self, name: String, x: Value, weight: Value) -> Result<Value, GraphError> {
+        self.b.op1(
+            &name,
+            RmsNorm {
+                eps: self.spec.rms_norm_eps as f32,
+            },
+            &[x, weight],
+        )
+    }
+
+    /// `x + o_proj(attention(rope(norm(q)), cache(rope(norm(k))), cache(v)))` over `attn_norm(x)`.
+    fn attention_block(
+        &mut self,
+        l: usize,
+        x: Value,
+        positions: Value,
+        ctx: usize,
+    ) -> Result<Value, GraphError> {
+        let s = self.spec;
+        let t = self.b.value_type(x).shape[0];
+        let p = |what: &str| format!("layers.{l}.{what}");
+        let attn_norm = self.layer_weight(l, LayerWeight::AttnNorm)?;
+        let h = self.norm(p("attn_in"), x, attn_norm)?;
+
+        // q and k: project, split into heads, per-head RMSNorm (Qwen3-MoE), RoPE; v: project and split.
+        let qk_norm = s.architecture.has_qk_norm();
+        let mut heads = Vec::new();
+        for (w, n_heads, norm_w, what) in [
+            (
+                LayerWeight::Wq,
+                s.num_heads,
+                qk_norm.then_some(LayerWeight::QNorm),
+                "q",
+            ),
+            (
+                LayerWeight::Wk,
+                s.num_kv_heads,
+                qk_norm.then_some(LayerWeight::KNorm),
+                "k",
+            ),
+            (LayerWeight::Wv, s.num_kv_heads, None, "v"),
+        ] {
+            let weight = self.layer_weight(l, w)?;
+            let proj = self
+                .b
+                .op1(&p(&format!("{what}_proj")), Linear {}, &[h, weight])?;
+            let shape = vec![t, n_heads, s.head_dim];
+            let mut v = self
+                .b
+                .op1(&p(&format!("{what}_heads")), Reshape { shape }, &[proj])?;
+            if let Some(norm_w) = norm_w {
+                let nw = self.layer_weight(l, norm_w)?;
+                v = self.norm(p(&format!("{what}_normed")), v, nw)?;
+            }
+            if what != "v" {
+                v = self.b.op1(
+                    &p(&format!("{what}_rope")),
+                    Rope {
+                        theta: s.rope_theta,
+                    },
+                    &[v, positions],
+                )?;
+            }
+            heads.push(v);
+        }
+        let (q, k, v) = (heads[0], heads[1], heads[2]);
+
+        let cache_ty = TensorType::f32([ctx, s.num_kv_heads, s.head_dim]);
+        let k_cache = self.b.state(&cache_name(l, "k"), cache_ty.clone())?;
+        let v_cache = self.b.state(&cache_name(l, "v"), cache_ty)?;
+        let k_all = self
+            .b
+            .op1(&p("k_append"), KvAppend {}, &[k_cache, k, positions])?;
+        let v_all = self
+            .b
+            .op1(&p("v_append"), KvAppend {}, &[v_cache, v, positions])?;
+        let scale = 1.0 / (s.head_dim as f32).sqrt();
+        let attn = self.b.op1(
+            &p("attention"),
+            Attention { scale },
+            &[q, k_all, v_all, positions],
+        )?;
+        let flat = self.b.op1(
+            &p("attn_flat"),
+            Reshape {
+                shape: vec![t, s.q_dim()],
+            },
+            &[attn],
+        )?;
+        let wo = self.layer_weight(l, LayerWeight::Wo)?;
+        let o = self.b.op1(&p("o_proj"), Linear {}, &[flat, wo])?;
+        self.b.op1(&p("attn_residual"), Add {}, &[x, o])
+    }
+
+    /// `x + sum_j w_j * down_j(silu(gate_j(h)) * up_j(h))` over the routed experts j of `h = ffn_norm(x)`.
+    fn moe_block(&mut self, l: usize, x: Value) -> Result<Value, GraphError> {
+        let p = |what: &str| format!("layers.{l}.{what}");
+        let ffn_norm = self.layer_weight(l, LayerWeight::FfnNorm)?;
+        let h = self.norm(p("ffn_in"), x, ffn_norm)?;
+        let router = self.layer_weight(l, LayerWeight::Router)?;
+        let logits = self.b.op1(&p("router_logits"), Linear {}, &[h, router])?;
+        let routed = self.b.op(
+            &p("route"),
+            RouterTopK {
+                k: self.spec.experts_per_token,
+                normalize: self.spec.norm_topk_prob,
+            },
+            &[logits],
+        )?;
+        let (ids, weights) = (routed[RouterTopK::IDS], routed[RouterTopK::WEIGHTS]);
+        let gate_w = self.layer_weight(l, LayerWeight::ExpertsGate)?;
+        let up_w = self.layer_weight(l, LayerWeight::ExpertsUp)?;
+        let down_w = self.layer_weight(l, LayerWeight::ExpertsDown)?;
+        let gate = self
+            .b
+            .op1(&p("expert_gate"), ExpertLinear {}, &[h, ids, gate_w])?;
+        let up = self
+            .b
+            .op1(&p("expert_up"), ExpertLinear {}, &[h, ids, up_w])?;
+        let act = self.b.op1(&p("expert_act"), SiluMul {}, &[gate, up])?;
+        let down = self
+            .b
+            .op1(&p("expert_down"), ExpertLinear {}, &[act, ids, down_w])?;
+        let moe = self
+            .b
+            .op1(&p("moe_out"), WeightedSum {}, &[down, weights])?;
+        self.b.op1(&p("moe_residual"), Add {}, &[x, moe])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::NodeKind;
+    use crate::model::spec::test_specs::{tiny_mixtral, tiny_qwen3};
+    use crate::ops::Linear;
+
+    #[test]
+    fn decode_graph_round_trips_through_json() {
+        for spec in [tiny_qwen3(), tiny_mixtral()] {
+            let g = decode_graph(&spec, 3, 16).unwrap();
+            let json = g.to_json();
+            let back = Graph::from_json(&json).unwrap();
+            assert_eq!(back.to_json(), json);
+            assert_eq!(back.node_count(), g.node_count());
+        }
+    }
+
+    #[test]
+    fn qk_norm_only_in_qwen3() {
+        let count = |spec: &ModelSpec| {
+            let g = decode_graph(spec, 1, 8).unwrap();
+            g.nodes()
+                .filter(|(_, n)| n.name.ends_with("_normed"))
+                .count()
+        };
+        assert_eq!(count(&tiny_qwen3()), 2 * 2);
+        assert_eq!(count(&tiny_mixtral()), 0);
+    }
+
+    #[test]
+    fn declares_every_named_weight_with_its_shape() {
+        let spec = tiny_qwen3();
+        let g = decode_graph(&spec, 1, 8).unwrap();
+        let declared: Vec<(String, Vec<usize>)> = g
+            .nodes_of(|k| matches!(k, NodeKind::Weight))
+            .map(|(_, n)| (n.name.clone(), n.outputs[0].shape.clone()))
+            .collect();
+        let mut expected: Vec<(String, Vec<usize>)> = names::all_weights(&spec)
+            .into_iter()
+            .map(|(n, s, _)| (n, s))
+            .collect();
+        let mut declared_sorted = declared.clone();
+        declared_sorted.sort();
+        expected.sort();
+        assert_eq!(declared_sorted, expected);
+    }
+
+    #[test]
+    fn wiring_errors_name_the_node() {
+        let mut b = GraphBuilder::new("bad");
+        let x = b.input("x", TensorType::f32([2, 8])).unwrap();
+        let w = b.weight("w", TensorType::f32([4, 7])).unwrap();
+        let err = b.op1("proj", Linear {}, &[x, w]).unwrap_err();
+        assert_eq!(err.node, "proj");
+        assert!(
+            err.to_string()
+                .contains("node `proj`: linear: weight must be float [out, 8]"),
+            "{err}"
+        );
+        let err = b.op1("proj", Linear {}, &[x]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("takes 2 operands (x, weight), got 1"),
+            "{err}"
+        );
+        let err = b.input("x", TensorType::f32([1])).unwrap_err();
+        assert!(err.to_string().contains("already exists"), "{err}");
+    }
+
+    #[test]
+    fn rejects_a_state_read_besides_its_in_place_update() {
+        let mut b = GraphBuilder::new("bad");
+        let cache = b.state("cache", TensorType::f32([4, 1, 2])).unwrap();
+        let new = b.input("new", TensorType::f32([1, 1, 2])).unwrap();
+        let pos = b.input("pos", TensorType::i32([1])).unwrap();
+        b.op1("append", KvAppend {}, &[cache, new, pos]).unwrap();
+        b.op1("peek", Add {}, &[cache, cache]).unwrap();
+        let err = b.finish().unwrap_err();
+        assert_eq!(err.node, "append");
+        assert!(err.message.contains("also read elsewhere"), "{err}");
+    }
+}

@@ -1,0 +1,10 @@
+//! Model descriptions and the decode-graph builders.
+
+pub mod build;
+pub mod config;
+pub mod names;
+pub mod random;
+pub mod spec;
+
+pub use build::decode_graph;
+pub use spec::{Architecture, ModelSpec, WeightFormats};

@@ -1,0 +1,322 @@
+//! The op contract: what every IR op declares (see DESIGN.md, "IR op").
+//!
+//! An op lives in one file under `ir/src/ops/`, declared with `#[op(...)]` (which implements
+//! [`OpDecl`] and registers it) and an `impl Op` with its semantics: type inference, how its work
+//! splits into tiles and what each tile reads and writes, and its reference implementation.
+
+use std::any::Any;
+use std::fmt::Debug;
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::tensor::Tensor;
+use crate::types::TensorType;
+
+/// The part of an op that `#[op]` generates.
+pub trait OpDecl {
+    /// The op's registry name (`"rms_norm"`).
+    fn name(&self) -> &'static str;
+    /// Operand names, in order.
+    fn input_names(&self) -> &'static [&'static str];
+    /// Result names, in order.
+    fn output_names(&self) -> &'static [&'static str];
+    /// The CUDA template (`templates/ops/<name>.cuh`) that lowers this op, if it has one.
+    fn template(&self) -> Option<&'static str>;
+    /// The attributes as a JSON object.
+    fn attrs(&self) -> serde_json::Value;
+    fn clone_op(&self) -> Arc<dyn Op>;
+    fn eq_op(&self, other: &dyn Op) -> bool;
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// The types of an op's operands and results.
+#[derive(Debug, Clone, Copy)]
+pub struct Io<'a> {
+    pub inputs: &'a [TensorType],
+    pub outputs: &'a [TensorType],
+}
+
+/// A box in an operand's or result's index space: one half-open range per axis.
+pub type Region = Vec<Range<usize>>;
+
+/// The whole of a value of type `ty`.
+pub fn whole(ty: &TensorType) -> Region {
+    ty.shape.iter().map(|&d| 0..d).collect()
+}
+
+/// What one tile of an op touches: the result regions it writes (disjoint from every other tile
+/// of the same op) and the operand regions it reads.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Access {
+    /// `(result index, region)`.
+    pub writes: Vec<(usize, Region)>,
+    /// `(operand index, region)`.
+    pub reads: Vec<(usize, Region)>,
+}
+
+/// The semantics every op implements by hand.
+pub trait Op: OpDecl + Debug + Send + Sync + 'static {
+    /// Result types from operand types, or a message saying what is wrong with the operands.
+    fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String>;
+
+    /// How many independent units of work the op has; a tile covers a contiguous range of units.
+    fn work_units(&self, io: Io<'_>) -> usize;
+
+    /// The regions the tile covering `units` writes and reads.
+    fn access(&self, io: Io<'_>, units: Range<usize>) -> Access;
+
+    /// Computes the part of the results that the tile covering `units` writes. `outputs` are the
+    /// whole result tensors; a tile leaves everything outside its regions untouched. A result that
+    /// the op updates in place (see [`Op::in_place`]) arrives holding its operand's contents, and
+    /// that operand's slot in `inputs` is an empty placeholder.
+    fn reference(&self, inputs: &[&Tensor], outputs: &mut [Tensor], units: Range<usize>);
+
+    /// `(result, operand)` pairs where the result is the operand updated in place (a KV cache).
+    fn in_place(&self) -> &'static [(usize, usize)] {
+        &[]
+    }
+}
+
+/// A registry entry: rebuilds an op from its name and attributes (graphs loaded from JSON).
+pub struct OpEntry {
+    pub name: &'static str,
+    pub from_attrs: fn(&serde_json::Value) -> Result<Arc<dyn Op>, serde_json::Error>,
+}
+
+/// Every op of `ir/src/ops/`, collected at build time.
+pub fn registry() -> &'static [OpEntry] {
+    crate::ops::REGISTRY
+}
+
+/// Rebuilds an op from its registry name and attributes.
+pub fn op_from_json(name: &str, attrs: &serde_json::Value) -> Result<Arc<dyn Op>, String> {
+    let entry = registry()
+        .iter()
+        .find(|e| e.name == name)
+        .ok_or_else(|| format!("unknown op `{name}`"))?;
+    (entry.from_attrs)(attrs).map_err(|e| format!("op `{name}`: bad attributes {attrs}: {e}"))
+}
+
+/// Checks operand count and returns a helpful message on mismatch.
+pub fn expect_arity(op: &dyn Op, inputs: &[TensorType]) -> Result<(), String> {
+    let names = op.input_names();
+    if inputs.len() != names.len() {
+        return Err(format!(
+            "`{}` takes {} operands ({}), got {}",
+            op.name(),
+            names.len(),
+            names.join(", "),
+            inputs.len()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every op's tiling is checked against its reference: computing an op tile by tile, where
+    //! each tile sees only the operand regions it declares (everything else poisoned with NaN),
+    //! must reproduce the whole-op result, and the tiles' writes must cover the result exactly once.
+
+    use super::*;
+    use crate::graph::{Graph, NodeKind};
+    use crate::interp::F32Weights;
+    use crate::math::Rng;
+    use crate::model::build::decode_graph;
+    use crate::model::random::random_weights;
+    use crate::model::spec::test_specs::{tiny_mixtral, tiny_qwen3};
+
+    fn in_region(shape: &[usize], region: &Region, flat: usize) -> bool {
+        let mut rem = flat;
+        let mut inside = true;
+        for (axis, &d) in shape.iter().enumerate().rev() {
+            let i = rem % d;
+            rem /= d;
+            inside &= region[axis].contains(&i);
+        }
+        inside
+    }
+
+    /// Computes every value of `graph` with whole-op references (state starts random, so the
+    /// cache holds "earlier" tokens).
+    fn evaluate_all(
+        graph: &Graph,
+        weights: &F32Weights,
+        inputs: &[(&str, Tensor)],
+        rng: &mut Rng,
+    ) -> Vec<Vec<Tensor>> {
+        let mut values: Vec<Vec<Tensor>> = vec![Vec::new(); graph.node_count()];
+        for &idx in graph.topo_order() {
+            let node = graph.node(idx);
+            values[idx.index()] = match &node.kind {
+                NodeKind::Input => vec![
+                    inputs
+                        .iter()
+                        .find(|(n, _)| *n == node.name)
+                        .unwrap()
+                        .1
+                        .clone(),
+                ],
+                NodeKind::Weight => vec![(**weights.get(&node.name).unwrap()).clone()],
+                NodeKind::State => {
+                    let n = node.outputs[0].numel();
+                    vec![Tensor::from_f32(
+                        node.outputs[0].shape.clone(),
+                        (0..n).map(|_| rng.normal(1.0)).collect(),
+                    )]
+                }
+                NodeKind::Op(op) => {
+                    let operands: Vec<&Tensor> = node
+                        .inputs
+                        .iter()
+                        .map(|v| &values[v.node.index()][v.output])
+                        .collect();
+                    let mut outputs: Vec<Tensor> = node.outputs.iter().map(Tensor::zeros).collect();
+                    for &(out, inp) in op.in_place() {
+                        outputs[out] = operands[inp].clone();
+                    }
+                    let types: Vec<TensorType> = node
+                        .inputs
+                        .iter()
+                        .map(|v| graph.value_type(*v).clone())
+                        .collect();
+                    let units = op.work_units(Io {
+                        inputs: &types,
+                        outputs: &node.outputs,
+                    });
+                    op.reference(&operands, &mut outputs, 0..units);
+                    outputs
+                }
+            };
+        }
+        values
+    }
+
+    fn poison_outside(t: &Tensor, region: Option<&Region>) -> Tensor {
+        let mut t = t.clone();
+        if t.is_i32() {
+            return t; // ids and positions index other operands: leave them valid
+        }
+        let shape = t.shape.clone();
+        for (i, v) in t.f32_mut().iter_mut().enumerate() {
+            if region.is_none_or(|r| !in_region(&shape, r, i)) {
+                *v = f32::NAN;
+            }
+        }
+        t
+    }
+
+    fn check_graph_tiling(graph: &Graph, weights: &F32Weights, inputs: &[(&str, Tensor)]) {
+        let mut rng = Rng::new(11);
+        let values = evaluate_all(graph, weights, inputs, &mut rng);
+        for &idx in graph.topo_order() {
+            let node = graph.node(idx);
+            let Some(op) = node.op() else { continue };
+            let types: Vec<TensorType> = node
+                .inputs
+                .iter()
+                .map(|v| graph.value_type(*v).clone())
+                .collect();
+            let io = Io {
+                inputs: &types,
+                outputs: &node.outputs,
+            };
+            let units = op.work_units(io);
+            let operands: Vec<&Tensor> = node
+                .inputs
+                .iter()
+                .map(|v| &values[v.node.index()][v.output])
+                .collect();
+            let full = &values[idx.index()];
+            for tile in [1, 2, 3, 5] {
+                let mut covered: Vec<Vec<u8>> =
+                    node.outputs.iter().map(|t| vec![0; t.numel()]).collect();
+                for start in (0..units).step_by(tile) {
+                    let range = start..(start + tile).min(units);
+                    let access = op.access(io, range.clone());
+                    let masked: Vec<Tensor> = operands
+                        .iter()
+                        .enumerate()
+                        .map(|(slot, t)| {
+                            let region = access
+                                .reads
+                                .iter()
+                                .find(|(s, _)| *s == slot)
+                                .map(|(_, r)| r);
+                            poison_outside(t, region)
+                        })
+                        .collect();
+                    let mut outs: Vec<Tensor> = node
+                        .outputs
+                        .iter()
+                        .map(|t| poison_outside(&Tensor::zeros(t), None))
+                        .collect();
+                    for &(out, inp) in op.in_place() {
+                        outs[out] = operands[inp].clone();
+                    }
+                    let mut refs: Vec<&Tensor> = masked.iter().collect();
+                    let empty = Tensor::empty();
+                    for &(_, inp) in op.in_place() {
+                        refs[inp] = &empty;
+                    }
+                    op.reference(&refs, &mut outs, range.clone());
+                    for (out, region) in &access.writes {
+                        let shape = &node.outputs[*out].shape;
+                        let (got, want) = (&outs[*out], &full[*out]);
+                        for (i, count) in covered[*out].iter_mut().enumerate() {
+                            if in_region(shape, region, i) {
+                                *count += 1;
+                                let same = match (got.is_i32(), want.is_i32()) {
+                                    (true, true) => got.i32()[i] == want.i32()[i],
+                                    _ => got.f32()[i].to_bits() == want.f32()[i].to_bits(),
+                                };
+                                assert!(
+                                    same,
+                                    "{}: tile {range:?} of size {tile} differs at {i}",
+                                    node.name
+                                );
+                            }
+                        }
+                    }
+                }
+                for (out, c) in covered.iter().enumerate() {
+                    assert!(
+                        c.iter().all(|&n| n == 1),
+                        "{}: result {out} not covered exactly once by tiles of {tile}",
+                        node.name
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_op_tiles_as_it_declares() {
+        for spec in [tiny_qwen3(), tiny_mixtral()] {
+            let weights = F32Weights::from_store(&random_weights(&spec, 5).unwrap());
+            let graph = decode_graph(&spec, 3, 12).unwrap();
+            let inputs = [
+                ("token_ids", Tensor::from_i32([3], vec![5, 17, 96])),
+                ("positions", Tensor::from_i32([3], vec![7, 8, 9])),
+            ];
+            check_graph_tiling(&graph, &weights, &inputs);
+        }
+    }
+
+    #[test]
+    fn every_registered_op_round_trips_its_attributes() {
+        let graph = decode_graph(&tiny_qwen3(), 1, 4).unwrap();
+        for (_, node) in graph.nodes() {
+            if let Some(op) = node.op() {
+                let back = op_from_json(op.name(), &op.attrs()).unwrap();
+                assert!(back.eq_op(op.as_ref()), "{}", node.name);
+            }
+        }
+        assert!(
+            op_from_json("no_such_op", &serde_json::json!({}))
+                .unwrap_err()
+                .contains("unknown op")
+        );
+        assert!(op_from_json("rms_norm", &serde_json::json!({"eps": 1e-6, "bogus": 1})).is_err());
+    }
+}

@@ -1,0 +1,148 @@
+//! The engine boundary: one decode step over a batch of tokens at given positions.
+//!
+//! Implementations: [`CpuEngine`] (the reference interpreter, here) and, on a GPU, the megakernel
+//! engine. Everything above this trait (generation, speculative decoding, the server) is shared.
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result, bail};
+use mimo_ir::interp::{self, F32Weights, StateStore};
+use mimo_ir::model::build::{LOGITS, NEXT_IDS, POSITIONS, TOKEN_IDS, decode_graph};
+use mimo_ir::{Graph, ModelSpec, Tensor};
+
+/// What one step returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepOutput {
+    /// Logits [tokens, vocab], row-major, when asked for.
+    pub logits: Option<Vec<f32>>,
+    /// The greedy (argmax) next token after each input token.
+    pub next_ids: Vec<u32>,
+}
+
+/// One model's decode step on some device, with its KV cache.
+pub trait Engine: Send {
+    fn spec(&self) -> &ModelSpec;
+    /// Positions the KV cache can hold.
+    fn max_context(&self) -> usize;
+    /// A short description for logs and `--json` output (`"cpu"`, `"cuda:0 (H100)"`).
+    fn device(&self) -> String;
+    /// Runs `tokens` at absolute `positions` (causal among themselves, after whatever the cache
+    /// holds below them) and writes their keys and values into the cache.
+    fn step(
+        &mut self,
+        tokens: &[u32],
+        positions: &[usize],
+        want_logits: bool,
+    ) -> Result<StepOutput>;
+    /// Empties the KV cache.
+    fn reset(&mut self);
+}
+
+/// Checks a step's arguments against the model, so no engine sees an id outside the vocabulary or
+/// a position outside its cache.
+pub fn check_step(
+    spec: &ModelSpec,
+    max_context: usize,
+    tokens: &[u32],
+    positions: &[usize],
+) -> Result<()> {
+    if tokens.is_empty() || tokens.len() != positions.len() {
+        bail!(
+            "a step needs one position per token ({} tokens, {} positions)",
+            tokens.len(),
+            positions.len()
+        );
+    }
+    if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= spec.vocab_size) {
+        bail!(
+            "token id {bad} is outside the vocabulary (size {})",
+            spec.vocab_size
+        );
+    }
+    if let Some(&bad) = positions.iter().find(|&&p| p >= max_context) {
+        bail!("position {bad} is beyond the context of {max_context} tokens");
+    }
+    Ok(())
+}
+
+/// The reference interpreter as an engine: f32 on every core of the CPU.
+pub struct CpuEngine {
+    spec: ModelSpec,
+    weights: F32Weights,
+    state: StateStore,
+    max_context: usize,
+    /// Graphs by token count: decode (1), and each prefill or verify length seen so far.
+    graphs: HashMap<usize, Graph>,
+}
+
+impl CpuEngine {
+    pub fn new(spec: ModelSpec, weights: F32Weights, max_context: usize) -> Self {
+        CpuEngine {
+            spec,
+            weights,
+            state: StateStore::new(),
+            max_context,
+            graphs: HashMap::new(),
+        }
+    }
+
+    fn graph(&mut self, tokens: usize) -> Result<&Graph> {
+        if !self.graphs.contains_key(&tokens) {
+            let g = decode_graph(&self.spec, tokens, self.max_context)
+                .with_context(|| format!("building the {tokens}-token graph"))?;
+            self.graphs.insert(tokens, g);
+        }
+        Ok(&self.graphs[&tokens])
+    }
+}
+
+impl Engine for CpuEngine {
+    fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    fn max_context(&self) -> usize {
+        self.max_context
+    }
+
+    fn device(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn step(
+        &mut self,
+        tokens: &[u32],
+        positions: &[usize],
+        want_logits: bool,
+    ) -> Result<StepOutput> {
+        check_step(&self.spec, self.max_context, tokens, positions)?;
+        let n = tokens.len();
+        let inputs = [
+            (
+                TOKEN_IDS,
+                Tensor::from_i32([n], tokens.iter().map(|&t| t as i32).collect()),
+            ),
+            (
+                POSITIONS,
+                Tensor::from_i32([n], positions.iter().map(|&p| p as i32).collect()),
+            ),
+        ];
+        self.graph(n)?;
+        let graph = &self.graphs[&n];
+        let mut out = interp::run(graph, &self.weights, &mut self.state, &inputs)?;
+        let next_ids = out[NEXT_IDS].i32().iter().map(|&t| t as u32).collect();
+        let logits = if want_logits {
+            out.remove(LOGITS).map(|t| match t.data {
+                mimo_ir::TensorData::F32(v) => v,
+                mimo_ir::TensorData::I32(_) => unreachable!("logits are f32"),
+            })
+        } else {
+            None
+        };
+        Ok(StepOutput { logits, next_ids })
+    }
+
+    fn reset(&mut self) {
+        self.state.clear();
+    }
+}

@@ -1,0 +1,353 @@
+//! Checkpoint tensors -> the IR's weights: Hugging Face names are mapped onto the names of
+//! [`mimo_ir::model::names`], routed experts are stacked into one `[E, I, H]` / `[E, H, I]`
+//! tensor per projection, and every weight is stored in the format `spec.formats` asks for.
+//!
+//! Two expert layouts exist in the wild and both load:
+//! - per expert (transformers 4.x, and what 5.x `save_pretrained` writes, since 5.x converts back
+//!   to the original layout on save): `...experts.{e}.{gate,up,down}_proj.weight`, or Mixtral's
+//!   `...block_sparse_moe.experts.{e}.{w1,w3,w2}.weight`;
+//! - fused, transformers 5.x's in-memory layout (a state dict saved directly):
+//!   `...mlp.experts.gate_up_proj` `[E, 2I, H]` with gate in rows `[0, I)` and up in `[I, 2I)`
+//!   (`gate, up = linear(x, gate_up_proj[e]).chunk(2, dim=-1)`), and `...mlp.experts.down_proj`
+//!   `[E, H, I]`. Transposed variants are refused by shape rather than guessed at.
+//!
+//! Every shape is checked before anything is converted, so a wrong checkpoint fails in
+//! milliseconds, not after minutes of quantisation.
+
+use std::collections::HashSet;
+use std::sync::mpsc;
+
+use mimo_ir::formats::WeightFormat;
+use mimo_ir::model::names::{self, LayerWeight};
+use mimo_ir::weights::{Weight, WeightData, WeightStore};
+use mimo_ir::{Architecture, ModelSpec};
+use rayon::prelude::*;
+
+use crate::checkpoint::Checkpoint;
+use crate::error::LoadError;
+
+/// Transient f32 memory the parallel conversion may hold at once. Stacked expert tensors are large
+/// (805 MB each for Qwen3-30B-A3B), so parallelism is bounded by memory as well as by cores.
+const PARALLEL_BYTES: usize = 6 << 30;
+
+/// Reads every weight `spec` declares from `ckpt`, converted to `spec.formats`.
+///
+/// `progress(done, total)` is called on the calling thread, once with `done = 0` and once per
+/// finished weight.
+pub fn load_weights(
+    spec: &ModelSpec,
+    ckpt: &Checkpoint,
+    progress: &dyn Fn(usize, usize),
+) -> Result<WeightStore, LoadError> {
+    let jobs = plan(spec, ckpt)?;
+    let used: HashSet<&str> = jobs.iter().flat_map(|j| j.source.tensors()).collect();
+    let unused: Vec<&str> = ckpt.tensor_names().filter(|n| !used.contains(n)).collect();
+    if !unused.is_empty() {
+        tracing::debug!(
+            count = unused.len(),
+            first = unused[0],
+            "checkpoint tensors not used by the model"
+        );
+    }
+
+    let largest = jobs.iter().map(Job::transient_bytes).max().unwrap_or(1);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = (PARALLEL_BYTES / largest.max(1)).clamp(1, cores);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| {
+            LoadError::invalid(
+                ckpt.dir(),
+                format!("cannot start {threads} loader threads: {e}"),
+            )
+        })?;
+
+    let total = jobs.len();
+    progress(0, total);
+    let (tx, rx) = mpsc::channel::<()>();
+    let results = std::thread::scope(|scope| {
+        let worker = scope.spawn(move || {
+            pool.install(|| {
+                jobs.par_iter()
+                    .map_with(tx, |tx, job| {
+                        let weight = job.run(ckpt);
+                        let _ = tx.send(()); // the receiver outlives every sender
+                        weight.map(|w| (job.name.clone(), w))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+        });
+        for (done, ()) in rx.iter().enumerate() {
+            progress(done + 1, total);
+        }
+        worker
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })?;
+
+    let mut store = WeightStore::new();
+    for (name, weight) in results {
+        store.insert(name, weight);
+    }
+    Ok(store)
+}
+
+/// One IR weight: where its values come from and how to store them.
+#[derive(Debug)]
+struct Job {
+    name: String,
+    shape: Vec<usize>,
+    format: WeightFormat,
+    source: Source,
+}
+
+#[derive(Debug)]
+enum Source {
+    /// One checkpoint tensor of exactly the IR shape.
+    Tensor(String),
+    /// Per-expert matrices stacked along a new leading axis.
+    Stacked(Vec<String>),
+    /// Rows `[offset, offset + R)` of every expert's matrix in a fused `[E, rows, C]` tensor.
+    Rows {
+        name: String,
+        rows: usize,
+        offset: usize,
+    },
+}
+
+impl Source {
+    fn tensors(&self) -> Vec<&str> {
+        match self {
+            Source::Tensor(n) | Source::Rows { name: n, .. } => vec![n],
+            Source::Stacked(names) => names.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+impl Job {
+    /// The f32 buffers `run` holds at its peak: the values, plus the whole fused tensor it slices.
+    fn transient_bytes(&self) -> usize {
+        let numel: usize = self.shape.iter().product();
+        match self.source {
+            Source::Rows { rows, .. } => (numel + numel / self.shape[1] * rows) * 4,
+            _ => numel * 4,
+        }
+    }
+
+    fn run(&self, ckpt: &Checkpoint) -> Result<Weight, LoadError> {
+        let numel = self.shape.iter().product();
+        let values = match &self.source {
+            Source::Tensor(name) => ckpt.read_f32(name)?.1,
+            Source::Stacked(names) => {
+                let mut values = vec![0.0; numel];
+                let per = numel / names.len().max(1);
+                values
+                    .par_chunks_mut(per.max(1))
+                    .zip(names)
+                    .try_for_each(|(chunk, name)| ckpt.read_f32_into(name, chunk))?;
+                values
+            }
+            Source::Rows { name, rows, offset } => {
+                let (_, fused) = ckpt.read_f32(name)?;
+                let (e, r, c) = (self.shape[0], self.shape[1], self.shape[2]);
+                let mut values = Vec::with_capacity(numel);
+                for expert in 0..e {
+                    let start = (expert * rows + offset) * c;
+                    values.extend_from_slice(&fused[start..start + r * c]);
+                }
+                values
+            }
+        };
+        if self.format == WeightFormat::F32 {
+            return Ok(Weight {
+                shape: self.shape.clone(),
+                data: WeightData::F32(values),
+            });
+        }
+        Weight::from_f32(self.shape.clone(), &values, self.format).map_err(|source| {
+            LoadError::Format {
+                weight: self.name.clone(),
+                format: self.format,
+                source,
+            }
+        })
+    }
+}
+
+/// Resolves and shape-checks the source of every weight `spec` declares.
+fn plan(spec: &ModelSpec, ckpt: &Checkpoint) -> Result<Vec<Job>, LoadError> {
+    let mut jobs = Vec::new();
+    for (name, shape, is_expert) in names::all_weights(spec) {
+        let format = if is_expert {
+            spec.formats.experts
+        } else {
+            spec.formats.dense
+        };
+        let source = match name.as_str() {
+            names::EMBED => single(ckpt, "model.embed_tokens.weight", &shape)?,
+            names::FINAL_NORM => single(ckpt, "model.norm.weight", &shape)?,
+            // transformers ties the head to the embedding whenever the config says so, whether or
+            // not an `lm_head.weight` was saved.
+            names::LM_HEAD if spec.tie_word_embeddings => {
+                single(ckpt, "model.embed_tokens.weight", &shape)?
+            }
+            names::LM_HEAD => single(ckpt, "lm_head.weight", &shape)?,
+            _ => {
+                let (layer, weight) = parse_layer_name(spec, &name).ok_or_else(|| {
+                    LoadError::invalid(
+                        ckpt.dir(),
+                        format!("no checkpoint mapping for IR weight `{name}`"),
+                    )
+                })?;
+                layer_source(spec, ckpt, layer, weight, &shape)?
+            }
+        };
+        jobs.push(Job {
+            name,
+            shape,
+            format,
+            source,
+        });
+    }
+    Ok(jobs)
+}
+
+fn parse_layer_name(spec: &ModelSpec, name: &str) -> Option<(usize, LayerWeight)> {
+    let rest = name.strip_prefix("layers.")?;
+    let (layer, suffix) = rest.split_once('.')?;
+    let layer = layer.parse().ok()?;
+    LayerWeight::ALL
+        .into_iter()
+        .find(|w| w.suffix() == suffix && w.present_in(spec))
+        .map(|w| (layer, w))
+}
+
+fn layer_source(
+    spec: &ModelSpec,
+    ckpt: &Checkpoint,
+    layer: usize,
+    weight: LayerWeight,
+    shape: &[usize],
+) -> Result<Source, LoadError> {
+    let p = format!("model.layers.{layer}.");
+    let mixtral = spec.architecture == Architecture::Mixtral;
+    let dense = |suffix: &str| single(ckpt, &format!("{p}{suffix}"), shape);
+    match weight {
+        LayerWeight::AttnNorm => dense("input_layernorm.weight"),
+        LayerWeight::Wq => dense("self_attn.q_proj.weight"),
+        LayerWeight::Wk => dense("self_attn.k_proj.weight"),
+        LayerWeight::Wv => dense("self_attn.v_proj.weight"),
+        LayerWeight::Wo => dense("self_attn.o_proj.weight"),
+        LayerWeight::QNorm => dense("self_attn.q_norm.weight"),
+        LayerWeight::KNorm => dense("self_attn.k_norm.weight"),
+        LayerWeight::FfnNorm => dense("post_attention_layernorm.weight"),
+        // transformers 5.x renames Mixtral's `block_sparse_moe` to `mlp` in memory.
+        LayerWeight::Router if mixtral && !ckpt.contains(&format!("{p}mlp.gate.weight")) => {
+            dense("block_sparse_moe.gate.weight")
+        }
+        LayerWeight::Router => dense("mlp.gate.weight"),
+        LayerWeight::ExpertsGate | LayerWeight::ExpertsUp | LayerWeight::ExpertsDown => {
+            expert_source(spec, ckpt, &p, weight, shape)
+        }
+    }
+}
+
+/// The per-expert tensors if the checkpoint has them, else the fused ones.
+fn expert_source(
+    spec: &ModelSpec,
+    ckpt: &Checkpoint,
+    p: &str,
+    weight: LayerWeight,
+    shape: &[usize],
+) -> Result<Source, LoadError> {
+    let per_expert = |e: usize| match (spec.architecture, weight) {
+        (Architecture::Mixtral, LayerWeight::ExpertsGate) => {
+            format!("{p}block_sparse_moe.experts.{e}.w1.weight")
+        }
+        (Architecture::Mixtral, LayerWeight::ExpertsUp) => {
+            format!("{p}block_sparse_moe.experts.{e}.w3.weight")
+        }
+        (Architecture::Mixtral, _) => format!("{p}block_sparse_moe.experts.{e}.w2.weight"),
+        (_, LayerWeight::ExpertsGate) => format!("{p}mlp.experts.{e}.gate_proj.weight"),
+        (_, LayerWeight::ExpertsUp) => format!("{p}mlp.experts.{e}.up_proj.weight"),
+        (_, _) => format!("{p}mlp.experts.{e}.down_proj.weight"),
+    };
+    let (e, r, c) = (shape[0], shape[1], shape[2]);
+    let fused = match weight {
+        LayerWeight::ExpertsDown => format!("{p}mlp.experts.down_proj"),
+        _ => format!("{p}mlp.experts.gate_up_proj"),
+    };
+    if ckpt.contains(&per_expert(0)) || !ckpt.contains(&fused) {
+        let names: Vec<String> = (0..e).map(per_expert).collect();
+        for name in &names {
+            if !ckpt.contains(name) {
+                return Err(LoadError::MissingTensor {
+                    name: name.clone(),
+                    dir: ckpt.dir().to_path_buf(),
+                    alternatives: if name == &names[0] {
+                        format!(" (or the fused `{fused}`)")
+                    } else {
+                        String::new()
+                    },
+                });
+            }
+            check_shape(ckpt, name, &[r, c])?;
+        }
+        return Ok(Source::Stacked(names));
+    }
+    if weight == LayerWeight::ExpertsDown {
+        check_shape(ckpt, &fused, shape)?;
+        return Ok(Source::Tensor(fused));
+    }
+    check_shape(ckpt, &fused, &[e, 2 * r, c])?;
+    let offset = if weight == LayerWeight::ExpertsGate {
+        0
+    } else {
+        r
+    };
+    Ok(Source::Rows {
+        name: fused,
+        rows: 2 * r,
+        offset,
+    })
+}
+
+fn single(ckpt: &Checkpoint, name: &str, shape: &[usize]) -> Result<Source, LoadError> {
+    if !ckpt.contains(name) {
+        return Err(LoadError::MissingTensor {
+            name: name.to_string(),
+            dir: ckpt.dir().to_path_buf(),
+            alternatives: String::new(),
+        });
+    }
+    check_shape(ckpt, name, shape)?;
+    Ok(Source::Tensor(name.to_string()))
+}
+
+/// Checks that `name` has `shape` and a float dtype, so that reading it later cannot fail on either.
+fn check_shape(ckpt: &Checkpoint, name: &str, shape: &[usize]) -> Result<(), LoadError> {
+    let Some((dtype, found)) = ckpt.info(name) else {
+        return Err(LoadError::MissingTensor {
+            name: name.to_string(),
+            dir: ckpt.dir().to_path_buf(),
+            alternatives: String::new(),
+        });
+    };
+    if found != shape {
+        return Err(LoadError::Shape {
+            name: name.to_string(),
+            file: ckpt.file_of(name).to_path_buf(),
+            expected: shape.to_vec(),
+            found: found.to_vec(),
+        });
+    }
+    if crate::checkpoint::float_format(dtype).is_none() {
+        return Err(LoadError::Dtype {
+            name: name.to_string(),
+            file: ckpt.file_of(name).to_path_buf(),
+            dtype: format!("{dtype:?}"),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,30 @@
+//! mimo-runtime: everything between a model on disk and decode steps.
+//!
+//! - [`builtin`]: the built-in tiny default model (no download needed);
+//! - [`checkpoint`]: memory-mapped safetensors checkpoints (single file or sharded), read as f32;
+//! - [`import`]: Hugging Face tensor names onto the IR's weights, experts stacked and quantised;
+//! - [`tokenizer`]: `tokenizer.json`, streaming detokenisation, end-of-sequence ids;
+//! - [`model`]: a model path (HF directory or `model.toml`) to a [`LoadedModel`];
+//! - [`error`]: [`LoadError`], one line that names the file, tensor or field at fault;
+//! - [`engine`]: the [`engine::Engine`] step boundary and the CPU (reference) engine;
+//! - [`sampling`]: greedy and seeded temperature / top-p sampling;
+//! - [`generate`]: autoregressive generation over any engine, streaming tokens.
+
+pub mod builtin;
+pub mod checkpoint;
+pub mod engine;
+pub mod error;
+pub mod generate;
+pub mod import;
+pub mod model;
+pub mod sampling;
+pub mod tokenizer;
+
+#[cfg(test)]
+mod tests;
+
+pub use checkpoint::Checkpoint;
+pub use error::LoadError;
+pub use import::load_weights;
+pub use model::{LoadedModel, ResolvedModel, load_model, resolve_model};
+pub use tokenizer::{StreamDecoder, Tokenizer};

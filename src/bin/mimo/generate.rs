@@ -1,0 +1,208 @@
+//! `mimo generate`: one prompt in, tokens out (streamed as text, or one JSON object).
+
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use mimo_ir::interp::F32Weights;
+use mimo_runtime::builtin;
+use mimo_runtime::engine::CpuEngine;
+use mimo_runtime::generate::{GenerateRequest, generate};
+use mimo_runtime::model::{LoadedModel, load_model};
+use mimo_runtime::sampling::SamplingParams;
+use mimo_runtime::tokenizer::StreamDecoder;
+use serde_json::json;
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// The model: a Hugging Face directory (config.json, safetensors, tokenizer.json) or a
+    /// model.toml. Without it, the built-in tiny model (random weights, for trying mimo out).
+    #[arg(long, value_name = "PATH")]
+    model: Option<PathBuf>,
+    /// The prompt as text (needs the model's tokenizer).
+    #[arg(long, conflicts_with = "prompt_ids")]
+    prompt: Option<String>,
+    /// The prompt as token ids, comma-separated: `--prompt-ids 3,17,42`.
+    #[arg(long, value_delimiter = ',', value_name = "IDS")]
+    prompt_ids: Option<Vec<u32>>,
+    /// How many new tokens to generate at most.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    max_new_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Nucleus sampling: keep the most likely tokens whose probability sums to this.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Seed of the sampler (temperature > 0).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where to run: `cuda` needs an NVIDIA GPU and driver, `auto` uses one when present.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    device: Device,
+    /// Print one JSON object: output_ids, text, tokens_per_second (and logits with --logits).
+    #[arg(long)]
+    json: bool,
+    /// With --json: add `logits`, the full-vocabulary logits each new token was chosen from.
+    #[arg(long, requires = "json")]
+    logits: bool,
+    /// Keep generating past end-of-sequence tokens.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Print only the generated text (or the JSON): no progress, no statistics.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Device {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+pub fn run(args: GenerateArgs) -> Result<()> {
+    if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
+        bail!(
+            "--temperature must be a finite number >= 0, got {}",
+            args.temperature
+        );
+    }
+    if !(args.top_p > 0.0 && args.top_p <= 1.0) {
+        bail!("--top-p must be in (0, 1], got {}", args.top_p);
+    }
+    if args.device == Device::Cuda {
+        bail!("--device cuda: this build of mimo has no CUDA engine yet; use --device cpu");
+    }
+    let model = match &args.model {
+        Some(path) if !builtin::is_builtin(path) => {
+            load_model(path, &|_, _| {}).with_context(|| format!("loading {}", path.display()))?
+        }
+        _ => builtin::load()?,
+    };
+    let model_name = model.source.display().to_string();
+    let LoadedModel {
+        spec,
+        weights,
+        tokenizer,
+        eos_token_ids,
+        ..
+    } = model;
+
+    let prompt_ids = match (&args.prompt, &args.prompt_ids) {
+        (_, Some(ids)) => ids.clone(),
+        (Some(text), None) => {
+            let tok = tokenizer.as_ref().with_context(|| {
+                format!(
+                    "--prompt needs a tokenizer.json in {model_name}; give --prompt-ids instead"
+                )
+            })?;
+            tok.encode(text)?
+        }
+        (None, None) => bail!("give a prompt: --prompt TEXT or --prompt-ids 3,17,42"),
+    };
+    if prompt_ids.is_empty() {
+        bail!("the prompt is empty");
+    }
+    if let Some(&bad) = prompt_ids
+        .iter()
+        .find(|&&id| id as usize >= spec.vocab_size)
+    {
+        bail!(
+            "prompt id {bad} is outside the vocabulary of {} tokens",
+            spec.vocab_size
+        );
+    }
+    let max_context = prompt_ids.len() + args.max_new_tokens;
+    if max_context > spec.max_position_embeddings {
+        bail!(
+            "prompt ({} tokens) + --max-new-tokens ({}) exceeds the model's {} positions",
+            prompt_ids.len(),
+            args.max_new_tokens,
+            spec.max_position_embeddings
+        );
+    }
+    if args.device == Device::Auto && !args.quiet {
+        eprintln!("note: running on the CPU (reference interpreter)");
+    }
+    let mut engine = CpuEngine::new(spec, F32Weights::from_store(&weights), max_context);
+    drop(weights);
+
+    let req = GenerateRequest {
+        prompt_ids: prompt_ids.clone(),
+        max_new_tokens: args.max_new_tokens,
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
+        stop_ids: if args.ignore_eos {
+            Vec::new()
+        } else {
+            eos_token_ids
+        },
+        want_logits: args.logits,
+    };
+    let stream_text = !args.json && tokenizer.is_some();
+    let mut stream = StreamDecoder::new(false);
+    let mut stdout = std::io::stdout();
+    let output = generate(&mut engine, &req, |id| {
+        if stream_text
+            && let Some(tok) = &tokenizer
+            && let Ok(piece) = stream.push(tok, id)
+        {
+            let _ = write!(stdout, "{piece}");
+            let _ = stdout.flush();
+        }
+        ControlFlow::Continue(())
+    })?;
+
+    let text = match &tokenizer {
+        Some(tok) => Some(tok.decode(&output.output_ids)?),
+        None => None,
+    };
+    if args.json {
+        let mut doc = json!({
+            "output_ids": output.output_ids,
+            "text": text,
+            "tokens_per_second": output.tokens_per_second(),
+            "prompt_ids": prompt_ids,
+            "finish_reason": output.finish_reason,
+            "device": engine_device(&engine),
+        });
+        if args.logits {
+            doc["logits"] = json!(output.logits);
+        }
+        println!("{doc}");
+    } else {
+        match (&tokenizer, text) {
+            (Some(tok), Some(_)) => println!("{}", stream.finish(tok)?),
+            _ => println!(
+                "{}",
+                output
+                    .output_ids
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        }
+        if !args.quiet {
+            eprintln!(
+                "{} tokens, {:.1} tokens/s, prompt {:.3} s ({})",
+                output.output_ids.len(),
+                output.tokens_per_second(),
+                output.prefill_seconds,
+                engine_device(&engine)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn engine_device(engine: &CpuEngine) -> String {
+    use mimo_runtime::engine::Engine;
+    engine.device()
+}
