@@ -200,6 +200,13 @@ impl Graph {
             let id = node["id"]
                 .as_u64()
                 .ok_or_else(|| err("missing `id`".into()))?;
+            // Ids are positions: schedules and plans refer to nodes by index.
+            if id as usize != ids.len() {
+                return Err(err(format!(
+                    "node ids must be 0, 1, 2, ... in order; found {id} at {}",
+                    ids.len()
+                )));
+            }
             let outputs: Vec<TensorType> = serde_json::from_value(node["outputs"].clone())
                 .map_err(|e| err(format!("bad `outputs`: {e}")))?;
             let kind = node["kind"].as_str().unwrap_or_default();

@@ -21,6 +21,6 @@ pub mod types;
 extern crate self as mimo_ir;
 
 pub use graph::{Graph, GraphBuilder, GraphError, Node, NodeKind, Value};
-pub use op::{Access, Io, Op, OpDecl, Region};
+pub use op::{Access, Cost, Io, Op, OpDecl, Region};
 pub use tensor::{Tensor, TensorData};
 pub use types::{DType, TensorType};

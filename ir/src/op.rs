@@ -75,6 +75,64 @@ pub trait Op: OpDecl + Debug + Send + Sync + 'static {
     fn in_place(&self) -> &'static [(usize, usize)] {
         &[]
     }
+
+    /// A cheap, pure op whose result every consumer's fused op recomputes whole (a prologue),
+    /// rather than a result written to memory and waited for. Norms, reshapes and top-k are.
+    fn recompute_in_consumers(&self) -> bool {
+        false
+    }
+
+    /// A tail op (elementwise, or a reduction over the tile) that may run in the tiles of the op
+    /// producing its input instead of in tiles of its own: residual adds, SwiGLU, the expert
+    /// combine, the per-chunk argmax. Fused device functions exist for such tails only.
+    fn fuse_as_epilogue(&self) -> bool {
+        false
+    }
+
+    /// Bytes moved and flops done by the tile covering `units`. The default counts every element
+    /// of every region the tile reads and writes, at its type's stored size, and no flops.
+    fn cost(&self, io: Io<'_>, units: Range<usize>) -> Cost {
+        let access = self.access(io, units);
+        let bytes = |list: &[(usize, Region)], types: &[TensorType]| -> f64 {
+            list.iter()
+                .map(|(i, r)| region_numel(r) as f64 * types[*i].dtype.bytes_per_element())
+                .sum()
+        };
+        Cost {
+            bytes: bytes(&access.reads, io.inputs) + bytes(&access.writes, io.outputs),
+            flops: 0.0,
+        }
+    }
+}
+
+/// What a tile costs: bytes through memory and floating-point operations.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Cost {
+    pub bytes: f64,
+    pub flops: f64,
+}
+
+impl std::ops::Add for Cost {
+    type Output = Cost;
+    fn add(self, o: Cost) -> Cost {
+        Cost {
+            bytes: self.bytes + o.bytes,
+            flops: self.flops + o.flops,
+        }
+    }
+}
+
+/// Elements in a region.
+pub fn region_numel(region: &Region) -> usize {
+    region.iter().map(|r| r.len()).product()
+}
+
+/// Whether two regions of one value share an element.
+pub fn regions_overlap(a: &Region, b: &Region) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.start < y.end && y.start < x.end && !x.is_empty() && !y.is_empty())
 }
 
 /// A registry entry: rebuilds an op from its name and attributes (graphs loaded from JSON).
@@ -192,14 +250,16 @@ mod tests {
         values
     }
 
-    fn poison_outside(t: &Tensor, region: Option<&Region>) -> Tensor {
+    /// `t` with every element outside `regions` replaced by NaN (i32 tensors are left intact:
+    /// ids and positions index other operands).
+    fn poison_outside(t: &Tensor, regions: &[&Region]) -> Tensor {
         let mut t = t.clone();
         if t.is_i32() {
-            return t; // ids and positions index other operands: leave them valid
+            return t;
         }
         let shape = t.shape.clone();
         for (i, v) in t.f32_mut().iter_mut().enumerate() {
-            if region.is_none_or(|r| !in_region(&shape, r, i)) {
+            if !regions.iter().any(|r| in_region(&shape, r, i)) {
                 *v = f32::NAN;
             }
         }
@@ -238,18 +298,19 @@ mod tests {
                         .iter()
                         .enumerate()
                         .map(|(slot, t)| {
-                            let region = access
+                            let regions: Vec<&Region> = access
                                 .reads
                                 .iter()
-                                .find(|(s, _)| *s == slot)
-                                .map(|(_, r)| r);
-                            poison_outside(t, region)
+                                .filter(|(s, _)| *s == slot)
+                                .map(|(_, r)| r)
+                                .collect();
+                            poison_outside(t, &regions)
                         })
                         .collect();
                     let mut outs: Vec<Tensor> = node
                         .outputs
                         .iter()
-                        .map(|t| poison_outside(&Tensor::zeros(t), None))
+                        .map(|t| poison_outside(&Tensor::zeros(t), &[]))
                         .collect();
                     for &(out, inp) in op.in_place() {
                         outs[out] = operands[inp].clone();
@@ -272,8 +333,13 @@ mod tests {
                                 };
                                 assert!(
                                     same,
-                                    "{}: tile {range:?} of size {tile} differs at {i}",
-                                    node.name
+                                    "{}: result {out}: tile {range:?} of size {tile} differs at {i}: {}",
+                                    node.name,
+                                    if got.is_i32() {
+                                        format!("{} vs {}", got.i32()[i], want.i32()[i])
+                                    } else {
+                                        format!("{} vs {}", got.f32()[i], want.f32()[i])
+                                    }
                                 );
                             }
                         }
@@ -300,6 +366,95 @@ mod tests {
                 ("positions", Tensor::from_i32([3], vec![7, 8, 9])),
             ];
             check_graph_tiling(&graph, &weights, &inputs);
+        }
+    }
+
+    /// A graph of the ops the compiler's rewrites introduce, next to the ops they replace.
+    fn split_ops_graph() -> (Graph, Vec<(&'static str, Tensor)>) {
+        use crate::graph::GraphBuilder;
+        use crate::ops::{
+            Argmax, ArgmaxCombine, ArgmaxPartial, Attention, AttentionCombine, AttentionPartial,
+        };
+        let (t, heads, kvh, hd, ctx, vocab) = (3, 6, 2, 8, 11, 50);
+        let mut rng = Rng::new(3);
+        let mut rand = |n: usize| (0..n).map(|_| rng.normal(1.0)).collect::<Vec<f32>>();
+        let inputs = vec![
+            ("q", Tensor::from_f32([t, heads, hd], rand(t * heads * hd))),
+            ("k", Tensor::from_f32([ctx, kvh, hd], rand(ctx * kvh * hd))),
+            ("v", Tensor::from_f32([ctx, kvh, hd], rand(ctx * kvh * hd))),
+            ("positions", Tensor::from_i32([t], vec![1, 5, 10])),
+            ("logits", Tensor::from_f32([t, vocab], rand(t * vocab))),
+        ];
+        let mut b = GraphBuilder::new("split_ops");
+        let value = |b: &mut GraphBuilder, name: &str| {
+            let tensor = &inputs.iter().find(|(n, _)| *n == name).unwrap().1;
+            let ty = TensorType::new(
+                tensor.shape.clone(),
+                if tensor.is_i32() {
+                    crate::DType::I32
+                } else {
+                    crate::DType::F32
+                },
+            );
+            b.input(name, ty).unwrap()
+        };
+        let (q, k, v, p, l) = (
+            value(&mut b, "q"),
+            value(&mut b, "k"),
+            value(&mut b, "v"),
+            value(&mut b, "positions"),
+            value(&mut b, "logits"),
+        );
+        let parts = b
+            .op(
+                "attn_parts",
+                AttentionPartial {
+                    scale: 0.3,
+                    splits: 4,
+                },
+                &[q, k, v, p],
+            )
+            .unwrap();
+        let split = b.op1("attn_split", AttentionCombine {}, &parts).unwrap();
+        let whole = b
+            .op1("attn_whole", Attention { scale: 0.3 }, &[q, k, v, p])
+            .unwrap();
+        let chunks = b
+            .op("argmax_parts", ArgmaxPartial { chunk: 7 }, &[l])
+            .unwrap();
+        let split_ids = b.op1("argmax_split", ArgmaxCombine {}, &chunks).unwrap();
+        let whole_ids = b.op1("argmax_whole", Argmax {}, &[l]).unwrap();
+        for (name, v) in [
+            ("attn_split", split),
+            ("attn_whole", whole),
+            ("ids_split", split_ids),
+            ("ids_whole", whole_ids),
+        ] {
+            b.output(name, v).unwrap();
+        }
+        (b.finish().unwrap(), inputs)
+    }
+
+    #[test]
+    fn split_ops_tile_as_they_declare() {
+        let (graph, inputs) = split_ops_graph();
+        check_graph_tiling(&graph, &F32Weights::default(), &inputs);
+    }
+
+    #[test]
+    fn split_attention_and_argmax_equal_the_ops_they_replace() {
+        let (graph, inputs) = split_ops_graph();
+        let out = crate::interp::run(
+            &graph,
+            &F32Weights::default(),
+            &mut Default::default(),
+            &inputs,
+        )
+        .unwrap();
+        assert_eq!(out["ids_split"], out["ids_whole"]);
+        let (a, b) = (out["attn_split"].f32(), out["attn_whole"].f32());
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{x} vs {y}");
         }
     }
 

@@ -6,6 +6,7 @@
 //! - [`tokenizer`]: `tokenizer.json`, streaming detokenisation, end-of-sequence ids;
 //! - [`model`]: a model path (HF directory or `model.toml`) to a [`LoadedModel`];
 //! - [`error`]: [`LoadError`], one line that names the file, tensor or field at fault;
+//! - [`exec`]: the CPU schedule executor, running a compiled program task by task;
 //! - [`engine`]: the [`engine::Engine`] step boundary and the CPU (reference) engine;
 //! - [`sampling`]: greedy and seeded temperature / top-p sampling;
 //! - [`generate`]: autoregressive generation over any engine, streaming tokens.
@@ -14,6 +15,7 @@ pub mod builtin;
 pub mod checkpoint;
 pub mod engine;
 pub mod error;
+pub mod exec;
 pub mod generate;
 pub mod import;
 pub mod model;

@@ -1,10 +1,11 @@
-//! Elementwise sum of two values of one shape (the residual connections).
+//! Elementwise sum of two values of one shape (the residual connections). Tiles split the last
+//! axis, so a residual add fuses as the epilogue of the projection that feeds it.
 
 use std::ops::Range;
 
 use mimo_macros::op;
 
-use crate::math::rows_region;
+use crate::math::axis_region;
 use crate::op::{Access, Io, Op, expect_arity};
 use crate::{Tensor, TensorType};
 
@@ -22,20 +23,28 @@ impl Op for Add {
     }
 
     fn work_units(&self, io: Io<'_>) -> usize {
-        io.outputs[Self::Y].shape[0]
+        io.outputs[Self::Y].last_dim()
     }
 
     fn access(&self, io: Io<'_>, units: Range<usize>) -> Access {
-        let region = rows_region(&io.outputs[Self::Y], units);
+        let y = &io.outputs[Self::Y];
+        let region = axis_region(y, y.rank() - 1, units);
         Access { writes: vec![(Self::Y, region.clone())], reads: vec![(Self::A, region.clone()), (Self::B, region)] }
     }
 
     fn reference(&self, inputs: &[&Tensor], outputs: &mut [Tensor], units: Range<usize>) {
-        let row = inputs[Self::A].numel() / inputs[Self::A].shape[0];
-        let span = units.start * row..units.end * row;
-        let (a, b) = (&inputs[Self::A].f32()[span.clone()], &inputs[Self::B].f32()[span.clone()]);
-        for ((y, x), z) in outputs[Self::Y].f32_mut()[span].iter_mut().zip(a).zip(b) {
-            *y = x + z;
+        let cols = inputs[Self::A].shape.last().copied().unwrap_or(1);
+        let (x, z) = (inputs[Self::A].f32(), inputs[Self::B].f32());
+        let y = outputs[Self::Y].f32_mut();
+        for row in 0..y.len() / cols {
+            for c in units.clone() {
+                let i = row * cols + c;
+                y[i] = x[i] + z[i];
+            }
         }
+    }
+
+    fn fuse_as_epilogue(&self) -> bool {
+        true
     }
 }

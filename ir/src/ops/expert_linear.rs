@@ -6,7 +6,7 @@ use mimo_macros::op;
 use rayon::prelude::*;
 
 use crate::math::{axis_region, dot};
-use crate::op::{Access, Io, Op, expect_arity, whole};
+use crate::op::{Access, Cost, Io, Op, expect_arity, whole};
 use crate::{DType, Tensor, TensorType};
 
 /// `y[t, j] = weight[ids[t, j]] @ x[t(, j)]` with `weight` the stacked experts [experts, out, in].
@@ -71,6 +71,19 @@ impl Op for ExpertLinear {
             .collect();
         for (slot, vals) in slots.into_iter().enumerate() {
             y[slot * n_out + units.start..slot * n_out + units.end].copy_from_slice(&vals);
+        }
+    }
+
+    /// Only the routed experts' rows are read: at most `tokens * k` distinct experts, and never
+    /// more than there are experts.
+    fn cost(&self, io: Io<'_>, units: Range<usize>) -> Cost {
+        let (x, ids, w) = (&io.inputs[Self::X], &io.inputs[Self::IDS], &io.inputs[Self::WEIGHT]);
+        let slots = ids.numel() as f64;
+        let experts = slots.min(w.shape[0] as f64);
+        let (k_in, n) = (w.shape[2] as f64, units.len() as f64);
+        Cost {
+            bytes: experts * n * k_in * w.dtype.bytes_per_element() + x.numel() as f64 * 4.0 + slots * n * 4.0,
+            flops: 2.0 * slots * n * k_in,
         }
     }
 }

@@ -6,7 +6,7 @@ use mimo_macros::op;
 use rayon::prelude::*;
 
 use crate::math::{axis_region, dot};
-use crate::op::{Access, Io, Op, expect_arity, whole};
+use crate::op::{Access, Cost, Io, Op, expect_arity, whole};
 use crate::{Tensor, TensorType};
 
 /// The tiles split the output features, so each tile streams its own rows of the weight.
@@ -56,6 +56,15 @@ impl Op for Linear {
             for ti in 0..t {
                 y[ti * n_out + n] = cols[j * t + ti];
             }
+        }
+    }
+
+    fn cost(&self, io: Io<'_>, units: Range<usize>) -> Cost {
+        let (x, w) = (&io.inputs[Self::X], &io.inputs[Self::WEIGHT]);
+        let (t, k, n) = (x.shape[0] as f64, x.shape[1] as f64, units.len() as f64);
+        Cost {
+            bytes: n * k * w.dtype.bytes_per_element() + t * k * 4.0 + t * n * 4.0,
+            flops: 2.0 * t * k * n,
         }
     }
 }

@@ -34,4 +34,8 @@ impl Op for Reshape {
         let shape = outputs[Self::Y].shape.clone();
         outputs[Self::Y] = Tensor { shape, data: inputs[Self::X].data.clone() };
     }
+
+    fn recompute_in_consumers(&self) -> bool {
+        true
+    }
 }

@@ -4,11 +4,12 @@ use std::ops::Range;
 
 use mimo_macros::op;
 
-use crate::math::rows_region;
-use crate::op::{Access, Io, Op, expect_arity};
+use crate::math::axis_region;
+use crate::op::{Access, Io, Op, expect_arity, whole};
 use crate::{DType, Tensor, TensorType};
 
-/// Rotates every head of `x` [tokens, heads, head_dim] by its token's absolute position.
+/// Rotates every head of `x` [tokens, heads, head_dim] by its token's absolute position. Tiles
+/// split the heads.
 #[op(name = "rope", inputs(x, positions), outputs(y), template = "rope")]
 pub struct Rope {
     pub theta: f64,
@@ -41,25 +42,28 @@ impl Op for Rope {
     }
 
     fn work_units(&self, io: Io<'_>) -> usize {
-        io.outputs[Self::Y].shape[0]
+        io.outputs[Self::Y].shape[1]
     }
 
     fn access(&self, io: Io<'_>, units: Range<usize>) -> Access {
         Access {
-            writes: vec![(Self::Y, rows_region(&io.outputs[Self::Y], units.clone()))],
-            reads: vec![(Self::X, rows_region(&io.inputs[Self::X], units.clone())), (Self::POSITIONS, vec![units])],
+            writes: vec![(Self::Y, axis_region(&io.outputs[Self::Y], 1, units.clone()))],
+            reads: vec![
+                (Self::X, axis_region(&io.inputs[Self::X], 1, units)),
+                (Self::POSITIONS, whole(&io.inputs[Self::POSITIONS])),
+            ],
         }
     }
 
     fn reference(&self, inputs: &[&Tensor], outputs: &mut [Tensor], units: Range<usize>) {
         let (x, pos) = (inputs[Self::X], inputs[Self::POSITIONS].i32());
-        let (heads, hd) = (x.shape[1], x.shape[2]);
+        let (tokens, heads, hd) = (x.shape[0], x.shape[1], x.shape[2]);
         let half = hd / 2;
         let inv_freq = self.inv_freq(hd);
         let (x, y) = (x.f32(), outputs[Self::Y].f32_mut());
-        for t in units {
-            let angles: Vec<(f32, f32)> = inv_freq.iter().map(|f| (pos[t] as f32 * f).sin_cos()).collect();
-            for h in 0..heads {
+        for (t, &p) in pos.iter().enumerate().take(tokens) {
+            let angles: Vec<(f32, f32)> = inv_freq.iter().map(|f| (p as f32 * f).sin_cos()).collect();
+            for h in units.clone() {
                 let base = (t * heads + h) * hd;
                 for (i, &(sin, cos)) in angles.iter().enumerate() {
                     let (a, b) = (x[base + i], x[base + i + half]);
@@ -68,5 +72,9 @@ impl Op for Rope {
                 }
             }
         }
+    }
+
+    fn recompute_in_consumers(&self) -> bool {
+        true
     }
 }

@@ -63,4 +63,8 @@ impl Op for RouterTopK {
             }
         }
     }
+
+    fn recompute_in_consumers(&self) -> bool {
+        true
+    }
 }

@@ -1,10 +1,10 @@
-//! The SwiGLU gate: `silu(gate) * up`.
+//! The SwiGLU gate: `silu(gate) * up`. Tiles split the last axis, like the projections feeding it.
 
 use std::ops::Range;
 
 use mimo_macros::op;
 
-use crate::math::{rows_region, silu};
+use crate::math::{axis_region, silu};
 use crate::op::{Access, Io, Op, expect_arity};
 use crate::{Tensor, TensorType};
 
@@ -22,20 +22,28 @@ impl Op for SiluMul {
     }
 
     fn work_units(&self, io: Io<'_>) -> usize {
-        io.outputs[Self::Y].shape[0]
+        io.outputs[Self::Y].last_dim()
     }
 
     fn access(&self, io: Io<'_>, units: Range<usize>) -> Access {
-        let region = rows_region(&io.outputs[Self::Y], units);
+        let y = &io.outputs[Self::Y];
+        let region = axis_region(y, y.rank() - 1, units);
         Access { writes: vec![(Self::Y, region.clone())], reads: vec![(Self::GATE, region.clone()), (Self::UP, region)] }
     }
 
     fn reference(&self, inputs: &[&Tensor], outputs: &mut [Tensor], units: Range<usize>) {
-        let row = inputs[Self::GATE].numel() / inputs[Self::GATE].shape[0];
-        let span = units.start * row..units.end * row;
-        let (g, u) = (&inputs[Self::GATE].f32()[span.clone()], &inputs[Self::UP].f32()[span.clone()]);
-        for ((y, &gv), &uv) in outputs[Self::Y].f32_mut()[span].iter_mut().zip(g).zip(u) {
-            *y = silu(gv) * uv;
+        let cols = inputs[Self::GATE].shape.last().copied().unwrap_or(1);
+        let (x, z) = (inputs[Self::GATE].f32(), inputs[Self::UP].f32());
+        let y = outputs[Self::Y].f32_mut();
+        for row in 0..y.len() / cols {
+            for c in units.clone() {
+                let i = row * cols + c;
+                y[i] = silu(x[i]) * z[i];
+            }
         }
+    }
+
+    fn fuse_as_epilogue(&self) -> bool {
+        true
     }
 }

@@ -1,0 +1,144 @@
+//! A compiled program: the rewritten graph, its fused ops, tasks, events, queues and memory plan.
+//! This is what an artifact stores (as JSON) and what every backend executes.
+
+use mimo_ir::Graph;
+use mimo_ir::graph::{GraphError, NodeKind};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value as Json, json};
+
+use crate::fuse::{self, FuseError, FusedOp, RewriteOptions};
+use crate::plan::{self, Event, MemoryPlan, Task, TileOptions};
+use crate::schedule::{self, Machine, Schedule};
+
+/// Knobs of the compilation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CompileOptions {
+    pub machine: Machine,
+    /// Parts each KV head's context is split into; default: enough to give every worker work.
+    pub attention_splits: Option<usize>,
+    /// Smallest task worth scheduling, bytes.
+    pub min_task_bytes: f64,
+}
+
+impl CompileOptions {
+    pub fn for_machine(machine: Machine) -> Self {
+        CompileOptions {
+            machine,
+            attention_splits: None,
+            min_task_bytes: 32.0 * 1024.0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    #[error(transparent)]
+    Fuse(#[from] FuseError),
+    #[error("the planned tasks wait on each other in a cycle (a compiler bug)")]
+    Cycle,
+    #[error("malformed program JSON: {0}")]
+    Json(String),
+}
+
+/// The compiled form of one graph.
+#[derive(Debug, Clone)]
+pub struct Program {
+    pub graph: Graph,
+    pub ops: Vec<FusedOp>,
+    pub tasks: Vec<Task>,
+    pub events: Vec<Event>,
+    pub schedule: Schedule,
+    pub memory: MemoryPlan,
+    pub machine: Machine,
+}
+
+/// The serialisable part of a program (everything but the graph).
+#[derive(Serialize, Deserialize)]
+struct Parts {
+    machine: Machine,
+    ops: Vec<FusedOp>,
+    tasks: Vec<Task>,
+    events: Vec<Event>,
+    schedule: Schedule,
+    memory: MemoryPlan,
+}
+
+/// Compiles `graph` (a decode or verify graph from the model builders).
+pub fn compile(graph: &Graph, opts: &CompileOptions) -> Result<Program, CompileError> {
+    let workers = opts.machine.workers.max(1);
+    let rewrite = RewriteOptions {
+        attention_splits: opts
+            .attention_splits
+            .unwrap_or_else(|| default_splits(graph, workers)),
+        argmax_chunk: default_argmax_chunk(graph, workers),
+    };
+    let graph = fuse::rewrite(graph, rewrite)?;
+    let ops = fuse::fuse(&graph)?;
+    let tile = TileOptions {
+        workers,
+        min_task_bytes: opts.min_task_bytes,
+    };
+    let (tasks, events) = plan::plan_tasks(&graph, &ops, tile);
+    let schedule = schedule::schedule(&tasks, &events, &opts.machine).ok_or(CompileError::Cycle)?;
+    let memory = plan::plan_memory(&graph, &ops);
+    Ok(Program {
+        graph,
+        ops,
+        tasks,
+        events,
+        schedule,
+        memory,
+        machine: opts.machine,
+    })
+}
+
+/// Splits so that all KV heads' attention tiles give about half the workers work.
+fn default_splits(graph: &Graph, workers: usize) -> usize {
+    let kv_heads = graph
+        .nodes_of(|k| matches!(k, NodeKind::State))
+        .map(|(_, n)| n.outputs[0].shape[1])
+        .next()
+        .unwrap_or(1);
+    (workers / (2 * kv_heads)).clamp(1, 64)
+}
+
+/// Vocabulary chunk per lm_head tile: the vocabulary over the workers, a multiple of 16 (one
+/// tensor-core tile of rows).
+fn default_argmax_chunk(graph: &Graph, workers: usize) -> usize {
+    let vocab = graph
+        .output("logits")
+        .map(|v| graph.value_type(v).last_dim())
+        .unwrap_or(1);
+    vocab.div_ceil(workers).div_ceil(16) * 16
+}
+
+impl Program {
+    pub fn to_json(&self) -> Json {
+        let parts = Parts {
+            machine: self.machine,
+            ops: self.ops.clone(),
+            tasks: self.tasks.clone(),
+            events: self.events.clone(),
+            schedule: self.schedule.clone(),
+            memory: self.memory.clone(),
+        };
+        json!({ "graph": self.graph.to_json(), "program": parts })
+    }
+
+    pub fn from_json(doc: &Json) -> Result<Program, CompileError> {
+        let graph = Graph::from_json(&doc["graph"])?;
+        let p: Parts = serde_json::from_value(doc["program"].clone())
+            .map_err(|e| CompileError::Json(e.to_string()))?;
+        Ok(Program {
+            graph,
+            ops: p.ops,
+            tasks: p.tasks,
+            events: p.events,
+            schedule: p.schedule,
+            memory: p.memory,
+            machine: p.machine,
+        })
+    }
+}
