@@ -94,14 +94,15 @@ pub fn compile(graph: &Graph, opts: &CompileOptions) -> Result<Program, CompileE
     })
 }
 
-/// Splits so that all KV heads' attention tiles give about half the workers work.
+/// Splits so that all KV heads' attention tiles give a quarter of the workers work: more splits
+/// shorten the attention tiles but make every output-projection tile merge more partial results.
 fn default_splits(graph: &Graph, workers: usize) -> usize {
     let kv_heads = graph
         .nodes_of(|k| matches!(k, NodeKind::State))
         .map(|(_, n)| n.outputs[0].shape[1])
         .next()
         .unwrap_or(1);
-    (workers / (2 * kv_heads)).clamp(1, 64)
+    (workers / (4 * kv_heads)).clamp(1, 32)
 }
 
 /// Vocabulary chunk per lm_head tile: the vocabulary over the workers, a multiple of 16 (one
@@ -140,5 +141,62 @@ impl Program {
             memory: p.memory,
             machine: p.machine,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mimo_ir::formats::WeightFormat;
+    use mimo_ir::model::decode_graph;
+    use mimo_ir::{Architecture, ModelSpec, WeightFormats};
+
+    /// Qwen3-30B-A3B's shape (REFERENCE.md §1).
+    pub fn qwen3_30b() -> ModelSpec {
+        ModelSpec {
+            architecture: Architecture::Qwen3Moe,
+            vocab_size: 151936,
+            hidden_size: 2048,
+            num_layers: 48,
+            num_heads: 32,
+            num_kv_heads: 4,
+            head_dim: 128,
+            num_experts: 128,
+            experts_per_token: 8,
+            expert_intermediate_size: 768,
+            norm_topk_prob: true,
+            rope_theta: 1e6,
+            rms_norm_eps: 1e-6,
+            max_position_embeddings: 40960,
+            tie_word_embeddings: false,
+            formats: WeightFormats {
+                experts: WeightFormat::Mxfp4,
+                dense: WeightFormat::Bf16,
+            },
+        }
+    }
+
+    #[test]
+    fn full_qwen3_30b_compiles_into_a_balanced_program() {
+        let started = std::time::Instant::now();
+        let graph = decode_graph(&qwen3_30b(), 1, 4096).unwrap();
+        let p = compile(&graph, &CompileOptions::for_machine(Machine::h100())).unwrap();
+        eprintln!(
+            "qwen3-30b: {} ops, {} tasks, {} events, makespan {:.1} us, {:.2} s",
+            p.ops.len(),
+            p.tasks.len(),
+            p.events.len(),
+            p.schedule.makespan_us,
+            started.elapsed().as_secs_f64()
+        );
+        assert_eq!(p.ops.len(), 1 + 48 * 7 + 2);
+        assert!(
+            p.ops
+                .iter()
+                .all(|o| o.kind != crate::fuse::FusedKind::Generic)
+        );
+        assert_eq!(p.schedule.queues.len(), 132);
+        // Every worker has work: the tiling spreads each layer's weights over the machine.
+        assert!(p.schedule.queues.iter().all(|q| !q.is_empty()));
     }
 }

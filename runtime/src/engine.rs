@@ -146,3 +146,68 @@ impl Engine for CpuEngine {
         self.state.clear();
     }
 }
+
+/// A compiled artifact's decode program on the CPU schedule executor: the same tasks, events and
+/// memory plan as the megakernel, one thread per worker queue. Prompts run one token per step
+/// (the program is compiled for one token).
+pub struct ScheduleEngine {
+    spec: ModelSpec,
+    exec: crate::exec::ScheduleExecutor,
+    max_context: usize,
+}
+
+impl ScheduleEngine {
+    pub fn new(spec: ModelSpec, exec: crate::exec::ScheduleExecutor, max_context: usize) -> Self {
+        ScheduleEngine {
+            spec,
+            exec,
+            max_context,
+        }
+    }
+}
+
+impl Engine for ScheduleEngine {
+    fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    fn max_context(&self) -> usize {
+        self.max_context
+    }
+
+    fn device(&self) -> String {
+        format!(
+            "cpu schedule executor ({} workers)",
+            self.exec.program().schedule.queues.len()
+        )
+    }
+
+    fn step(
+        &mut self,
+        tokens: &[u32],
+        positions: &[usize],
+        want_logits: bool,
+    ) -> Result<StepOutput> {
+        check_step(&self.spec, self.max_context, tokens, positions)?;
+        let mut out = StepOutput {
+            logits: want_logits.then(Vec::new),
+            next_ids: Vec::with_capacity(tokens.len()),
+        };
+        for (&t, &p) in tokens.iter().zip(positions) {
+            let inputs = [
+                (TOKEN_IDS, Tensor::from_i32([1], vec![t as i32])),
+                (POSITIONS, Tensor::from_i32([1], vec![p as i32])),
+            ];
+            let mut r = self.exec.run_step(&inputs, &[LOGITS, NEXT_IDS])?;
+            out.next_ids.push(r[NEXT_IDS].i32()[0] as u32);
+            if let (Some(all), Some(l)) = (&mut out.logits, r.remove(LOGITS)) {
+                all.extend_from_slice(l.f32());
+            }
+        }
+        Ok(out)
+    }
+
+    fn reset(&mut self) {
+        self.exec.reset();
+    }
+}

@@ -9,6 +9,7 @@
 //! - [`exec`]: the CPU schedule executor, running a compiled program task by task;
 //! - [`engine`]: the [`engine::Engine`] step boundary and the CPU (reference) engine;
 //! - [`sampling`]: greedy and seeded temperature / top-p sampling;
+//! - [`session`]: a model path and a device choice to a ready engine;
 //! - [`generate`]: autoregressive generation over any engine, streaming tokens.
 
 pub mod builtin;
@@ -20,6 +21,7 @@ pub mod generate;
 pub mod import;
 pub mod model;
 pub mod sampling;
+pub mod session;
 pub mod tokenizer;
 
 #[cfg(test)]

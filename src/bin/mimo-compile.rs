@@ -1,8 +1,215 @@
-//! `mimo-compile`: compile a model into a persistent-megakernel artifact.
+//! `mimo-compile`: compiles a model into a persistent-megakernel artifact.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use mimo_compiler::artifact::{self, ArtifactFiles, GraphEntry, KernelEntry, Manifest, ModelEntry};
+use mimo_compiler::report::{self, ReportInputs};
+use mimo_compiler::{CompileOptions, Machine, abi, codegen, compile, nvrtc};
+use mimo_ir::model::decode_graph;
+
+/// Compile a model (model.toml or Hugging Face directory) into an artifact: the fused graphs, the
+/// schedule, the megakernel source, its CUBIN (when NVRTC is available) and a report.
+#[derive(Parser)]
+#[command(name = "mimo-compile", version, about, long_about = None)]
+struct Args {
+    /// The model: a model.toml (which may describe an architecture inline) or a Hugging Face
+    /// directory.
+    model: PathBuf,
+    /// The artifact directory to write.
+    #[arg(short, long, value_name = "DIR")]
+    output: PathBuf,
+    /// Target GPU architecture (sm_90a: H100/H200).
+    #[arg(long, default_value = "sm_90a")]
+    arch: String,
+    /// Positions the KV cache holds; default: the model's maximum, at most 4096.
+    #[arg(long, value_name = "N")]
+    max_context: Option<usize>,
+    /// Worker blocks (one per SM); default: 132 (H100 / H200).
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// Device memory bandwidth for the roofline and the cost model, GB/s.
+    #[arg(long, default_value_t = 3000.0, value_name = "GBPS")]
+    bandwidth: f64,
+    /// Context length at which report.md counts bytes per step.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    report_context: usize,
+    /// Write kernel.cu only; do not run NVRTC even when it is available.
+    #[arg(long)]
+    no_cubin: bool,
+    /// No progress, no summary.
+    #[arg(long, short)]
+    quiet: bool,
+}
 
 fn main() -> ExitCode {
+    let args = Args::parse();
     mimo::init_logging();
-    mimo::run_main(|| anyhow::bail!("mimo-compile is not implemented yet"))
+    mimo::run_main(|| run(args))
+}
+
+fn run(args: Args) -> Result<()> {
+    let started = Instant::now();
+    let progress = Progress::new(args.quiet);
+
+    progress.stage("resolving the model");
+    let resolved = mimo_runtime::resolve_model(&args.model)
+        .with_context(|| format!("reading {}", args.model.display()))?;
+    let spec = resolved.spec;
+    let max_context = args
+        .max_context
+        .unwrap_or(spec.max_position_embeddings.min(4096));
+    if max_context == 0 || max_context > spec.max_position_embeddings {
+        bail!(
+            "--max-context must be in 1..={} (the model's max_position_embeddings)",
+            spec.max_position_embeddings
+        );
+    }
+    if !(args.bandwidth.is_finite() && args.bandwidth > 0.0) {
+        bail!("--bandwidth must be a positive number of GB/s");
+    }
+    let machine = Machine {
+        workers: args.workers.unwrap_or(132).max(1),
+        bandwidth_gbs: args.bandwidth,
+        ..Machine::h100()
+    };
+
+    progress.stage("building and fusing the decode graph");
+    let graph = decode_graph(&spec, 1, max_context).context("building the decode graph")?;
+    let program = compile(&graph, &CompileOptions::for_machine(machine))
+        .context("compiling the decode graph")?;
+    abi::encode(&program).context("encoding the task tables")?;
+
+    progress.stage("generating kernel.cu");
+    let templates: Vec<(&str, &str)> = mimo::TEMPLATES.to_vec();
+    let source = codegen::kernel_source(&templates, &codegen::generated_header(&spec, &program))?;
+
+    let (cubin, resources) = if args.no_cubin {
+        (None, None)
+    } else if !nvrtc::nvrtc_available() {
+        progress.note("NVRTC not found (set LD_LIBRARY_PATH, see .ci/install-cuda-tools): writing kernel.cu without a CUBIN");
+        (None, None)
+    } else {
+        progress.stage(&format!("compiling kernel.cu with NVRTC for {}", args.arch));
+        let opts = nvrtc::CompileOptions {
+            arch: args.arch.clone(),
+            extra: vec![],
+        };
+        let compiled = nvrtc::compile_cubin(&source, "kernel.cu", &opts).context("NVRTC")?;
+        (Some(compiled.cubin), Some(compiled.resources))
+    };
+
+    progress.stage("writing the artifact");
+    let source_path = std::path::absolute(&args.model).unwrap_or(args.model.clone());
+    let programs = [("decode", &program)];
+    let report = report::render(&ReportInputs {
+        spec: &spec,
+        source: &args.model.display().to_string(),
+        arch: &args.arch,
+        max_context,
+        report_context: args.report_context.min(max_context),
+        bandwidth_gbs: args.bandwidth,
+        programs: &programs,
+        resources: resources.as_deref(),
+        compile_seconds: started.elapsed().as_secs_f64(),
+    });
+    let manifest = Manifest {
+        format_version: artifact::FORMAT_VERSION,
+        compiler_version: artifact::COMPILER_VERSION.to_string(),
+        arch: args.arch.clone(),
+        model: ModelEntry {
+            source: resolved.hf_dir.is_some().then_some(source_path),
+            config_hash: artifact::config_hash(&spec),
+            max_context,
+            spec: spec.clone(),
+        },
+        graphs: vec![GraphEntry {
+            name: "decode".into(),
+            tokens: 1,
+            tasks: program.tasks.len(),
+            events: program.events.len(),
+            workers: machine.workers,
+        }],
+        kernel: KernelEntry {
+            source: "kernel.cu".into(),
+            source_hash: artifact::fnv1a(source.as_bytes()),
+            abi_version: abi::ABI_VERSION,
+            cubin: cubin
+                .as_ref()
+                .map(|_| format!("kernel.{}.cubin", args.arch)),
+        },
+    };
+    artifact::write(
+        &args.output,
+        &ArtifactFiles {
+            manifest: &manifest,
+            programs: &programs,
+            kernel_source: &source,
+            cubin: cubin.as_deref(),
+            report: &report,
+        },
+    )?;
+    progress.finish();
+
+    if !args.quiet {
+        let bytes = report::step_bytes(&spec, 1, args.report_context.min(max_context)).total();
+        let spills = resources.iter().flatten().filter(|r| r.spills()).count();
+        eprintln!(
+            "{} -> {}: {} fused ops, {} tasks, {} events on {} workers; {:.1} MB read per token at context {} \
+             (roofline {:.3} ms at {:.0} GB/s); {}; {:.2} s",
+            args.model.display(),
+            args.output.display(),
+            program.ops.len(),
+            program.tasks.len(),
+            program.events.len(),
+            machine.workers,
+            bytes / 1e6,
+            args.report_context.min(max_context),
+            bytes / (args.bandwidth * 1e6),
+            args.bandwidth,
+            match (&cubin, spills) {
+                (Some(c), 0) => format!("CUBIN {} KB, no spills", c.len() / 1024),
+                (Some(c), n) => format!("CUBIN {} KB, {n} functions spill", c.len() / 1024),
+                (None, _) => "no CUBIN".to_string(),
+            },
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// A spinner naming the current stage (nothing with --quiet).
+struct Progress(Option<ProgressBar>);
+
+impl Progress {
+    fn new(quiet: bool) -> Self {
+        Progress((!quiet).then(|| {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                    .expect("a valid template"),
+            );
+            bar.enable_steady_tick(Duration::from_millis(100));
+            bar
+        }))
+    }
+    fn stage(&self, msg: &str) {
+        if let Some(bar) = &self.0 {
+            bar.set_message(msg.to_string());
+        }
+    }
+    fn note(&self, msg: &str) {
+        if let Some(bar) = &self.0 {
+            bar.println(format!("note: {msg}"));
+        }
+    }
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
 }

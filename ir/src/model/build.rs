@@ -4,7 +4,7 @@
 //! positions are an input, so where the sequence starts is a run-time value, not a shape.
 //!
 //! Inputs `token_ids` i32 [T] and `positions` i32 [T]; state `layers.L.k_cache` / `v_cache`
-//! [max_context, kv_heads, head_dim]; outputs `logits` [T, vocab] and `next_ids` i32 [T] (argmax).
+//! bf16 [max_context, kv_heads, head_dim]; outputs `logits` [T, vocab] and `next_ids` i32 [T] (argmax).
 
 use crate::graph::{Graph, GraphBuilder, GraphError, Value};
 use crate::model::ModelSpec;
@@ -150,7 +150,9 @@ impl ModelGraph<'_> {
         }
         let (q, k, v) = (heads[0], heads[1], heads[2]);
 
-        let cache_ty = TensorType::f32([ctx, s.num_kv_heads, s.head_dim]);
+        // The megakernel keeps KV caches in bf16; the interpreter computes in f32 whatever the
+        // declared storage type.
+        let cache_ty = TensorType::new([ctx, s.num_kv_heads, s.head_dim], DType::Bf16);
         let k_cache = self.b.state(&cache_name(l, "k"), cache_ty.clone())?;
         let v_cache = self.b.state(&cache_name(l, "v"), cache_ty)?;
         let k_all = self

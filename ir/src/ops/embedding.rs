@@ -5,7 +5,7 @@ use std::ops::Range;
 use mimo_macros::op;
 
 use crate::math::rows_region;
-use crate::op::{Access, Io, Op, expect_arity, whole};
+use crate::op::{Access, Cost, Io, Op, expect_arity, whole};
 use crate::{DType, Tensor, TensorType};
 
 /// Gathers one row of the table per token id. Ids must lie inside the vocabulary (the runtime
@@ -45,5 +45,13 @@ impl Op for Embedding {
             let id = ids[t] as usize;
             y[t * h..(t + 1) * h].copy_from_slice(&table.f32()[id * h..(id + 1) * h]);
         }
+    }
+
+    /// The table is declared read whole (the ids are run-time values), but a tile reads one row
+    /// per token.
+    fn cost(&self, io: Io<'_>, units: Range<usize>) -> Cost {
+        let table = &io.inputs[Self::TABLE];
+        let rows = units.len() as f64;
+        Cost { bytes: rows * table.shape[1] as f64 * (table.dtype.bytes_per_element() + 4.0) + rows * 4.0, flops: 0.0 }
     }
 }

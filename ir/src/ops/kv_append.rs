@@ -5,7 +5,7 @@ use std::ops::Range;
 use mimo_macros::op;
 
 use crate::math::axis_region;
-use crate::op::{Access, Io, Op, expect_arity, whole};
+use crate::op::{Access, Cost, Io, Op, expect_arity, whole};
 use crate::{DType, Tensor, TensorType};
 
 /// `cache[positions[t], h, :] = new[t, h, :]`. Tiles split the KV heads: the rows written depend
@@ -58,5 +58,14 @@ impl Op for KvAppend {
 
     fn in_place(&self) -> &'static [(usize, usize)] {
         &[(Self::CACHE_OUT, Self::CACHE)]
+    }
+
+    /// The write region spans the whole context (positions are run-time values), but a tile
+    /// writes one row per token and head.
+    fn cost(&self, io: Io<'_>, units: Range<usize>) -> Cost {
+        let (cache, new) = (&io.outputs[Self::CACHE_OUT], &io.inputs[Self::NEW]);
+        let rows = (new.shape[0] * units.len()) as f64;
+        let hd = cache.shape[2] as f64;
+        Cost { bytes: rows * hd * (4.0 + cache.dtype.bytes_per_element()), flops: 0.0 }
     }
 }

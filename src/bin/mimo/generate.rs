@@ -6,19 +6,17 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use mimo_ir::interp::F32Weights;
-use mimo_runtime::builtin;
-use mimo_runtime::engine::CpuEngine;
 use mimo_runtime::generate::{GenerateRequest, generate};
-use mimo_runtime::model::{LoadedModel, load_model};
 use mimo_runtime::sampling::SamplingParams;
+use mimo_runtime::session::{DeviceChoice, Session, open_session};
 use mimo_runtime::tokenizer::StreamDecoder;
 use serde_json::json;
 
 #[derive(Args)]
 pub struct GenerateArgs {
-    /// The model: a Hugging Face directory (config.json, safetensors, tokenizer.json) or a
-    /// model.toml. Without it, the built-in tiny model (random weights, for trying mimo out).
+    /// The model: a Hugging Face directory (config.json, safetensors, tokenizer.json), a
+    /// model.toml, or an artifact compiled by mimo-compile. Without it, the built-in tiny model
+    /// (random weights, for trying mimo out).
     #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
     /// The prompt as text (needs the model's tokenizer).
@@ -73,31 +71,30 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if !(args.top_p > 0.0 && args.top_p <= 1.0) {
         bail!("--top-p must be in (0, 1], got {}", args.top_p);
     }
-    if args.device == Device::Cuda {
-        bail!("--device cuda: this build of mimo has no CUDA engine yet; use --device cpu");
-    }
-    let model = match &args.model {
-        Some(path) if !builtin::is_builtin(path) => {
-            load_model(path, &|_, _| {}).with_context(|| format!("loading {}", path.display()))?
-        }
-        _ => builtin::load()?,
+    let device = match args.device {
+        Device::Auto => DeviceChoice::Auto,
+        Device::Cpu => DeviceChoice::Cpu,
+        Device::Cuda => DeviceChoice::Cuda,
     };
-    let model_name = model.source.display().to_string();
-    let LoadedModel {
-        spec,
-        weights,
+    let Session {
+        mut engine,
         tokenizer,
         eos_token_ids,
-        ..
-    } = model;
+        name,
+        notes,
+    } = open_session(args.model.as_deref(), device, None)?;
+    if !args.quiet {
+        for note in &notes {
+            eprintln!("note: {note}");
+        }
+    }
+    let spec = engine.spec().clone();
 
     let prompt_ids = match (&args.prompt, &args.prompt_ids) {
         (_, Some(ids)) => ids.clone(),
         (Some(text), None) => {
             let tok = tokenizer.as_ref().with_context(|| {
-                format!(
-                    "--prompt needs a tokenizer.json in {model_name}; give --prompt-ids instead"
-                )
+                format!("--prompt needs a tokenizer.json in {name}; give --prompt-ids instead")
             })?;
             tok.encode(text)?
         }
@@ -115,20 +112,6 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             spec.vocab_size
         );
     }
-    let max_context = prompt_ids.len() + args.max_new_tokens;
-    if max_context > spec.max_position_embeddings {
-        bail!(
-            "prompt ({} tokens) + --max-new-tokens ({}) exceeds the model's {} positions",
-            prompt_ids.len(),
-            args.max_new_tokens,
-            spec.max_position_embeddings
-        );
-    }
-    if args.device == Device::Auto && !args.quiet {
-        eprintln!("note: running on the CPU (reference interpreter)");
-    }
-    let mut engine = CpuEngine::new(spec, F32Weights::from_store(&weights), max_context);
-    drop(weights);
 
     let req = GenerateRequest {
         prompt_ids: prompt_ids.clone(),
@@ -148,7 +131,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let stream_text = !args.json && tokenizer.is_some();
     let mut stream = StreamDecoder::new(false);
     let mut stdout = std::io::stdout();
-    let output = generate(&mut engine, &req, |id| {
+    let output = generate(engine.as_mut(), &req, |id| {
         if stream_text
             && let Some(tok) = &tokenizer
             && let Ok(piece) = stream.push(tok, id)
@@ -170,7 +153,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             "tokens_per_second": output.tokens_per_second(),
             "prompt_ids": prompt_ids,
             "finish_reason": output.finish_reason,
-            "device": engine_device(&engine),
+            "device": engine.device(),
         });
         if args.logits {
             doc["logits"] = json!(output.logits);
@@ -195,14 +178,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 output.output_ids.len(),
                 output.tokens_per_second(),
                 output.prefill_seconds,
-                engine_device(&engine)
+                engine.device()
             );
         }
     }
     Ok(())
-}
-
-fn engine_device(engine: &CpuEngine) -> String {
-    use mimo_runtime::engine::Engine;
-    engine.device()
 }
