@@ -4,68 +4,12 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::{hf_fixtures, ids, mimo_json, read_json, rel_l2, rows};
-
-const TOLERANCE: f64 = 1e-4;
-
-fn check(fixture: &Path, model: &Path, expected_file: &str) {
-    let expected = read_json(&fixture.join(expected_file));
-    let prompt: Vec<String> = ids(&expected["prompt_ids"])
-        .iter()
-        .map(u64::to_string)
-        .collect();
-    let want_ids = ids(&expected["greedy_ids"]);
-    let want_logits = rows(&expected["logits"]);
-    assert!(
-        want_ids.len() >= 12,
-        "{}: the fixture must cover 12+ new tokens",
-        fixture.display()
-    );
-
-    let got = mimo_json(&[
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--prompt-ids",
-        &prompt.join(","),
-        "--max-new-tokens",
-        &want_ids.len().to_string(),
-        "--device",
-        "cpu",
-        "--json",
-        "--logits",
-    ]);
-    let name = format!(
-        "{} ({expected_file})",
-        fixture.file_name().unwrap().to_string_lossy()
-    );
-    assert_eq!(
-        ids(&got["output_ids"]),
-        want_ids,
-        "{name}: greedy ids differ from HF"
-    );
-    let got_logits = rows(&got["logits"]);
-    assert_eq!(
-        got_logits.len(),
-        want_logits.len(),
-        "{name}: one logits row per new token"
-    );
-    for (i, (g, w)) in got_logits.iter().zip(&want_logits).enumerate() {
-        let err = rel_l2(g, w);
-        assert!(
-            err <= TOLERANCE,
-            "{name}: token {i}: relative L2 error {err:.3e} > {TOLERANCE:e}"
-        );
-    }
-    assert!(got["tokens_per_second"].as_f64().unwrap() > 0.0);
-}
+use common::{check_against_hf, hf_fixtures, ids, mimo_json, model_toml, read_json};
 
 #[test]
 fn f32_logits_and_greedy_ids_match_transformers() {
     for fixture in hf_fixtures() {
-        check(&fixture, &fixture, "expected.json");
+        check_against_hf(&fixture, &fixture, "expected.json");
     }
 }
 
@@ -73,22 +17,9 @@ fn f32_logits_and_greedy_ids_match_transformers() {
 fn mxfp4_experts_match_transformers_on_dequantised_experts() {
     let tmp = tempfile::tempdir().unwrap();
     for fixture in hf_fixtures() {
-        if !fixture.join("expected_mxfp4.json").exists() {
-            continue;
-        }
-        let toml = tmp.path().join(format!(
-            "{}.toml",
-            fixture.file_name().unwrap().to_string_lossy()
-        ));
-        std::fs::write(
-            &toml,
-            format!(
-                "[model]\npath = {:?}\n\n[quantization]\nexperts = \"mxfp4\"\ndense = \"f32\"\n",
-                fixture.display().to_string()
-            ),
-        )
-        .unwrap();
-        check(&fixture, &toml, "expected_mxfp4.json");
+        let name = fixture.file_name().unwrap().to_string_lossy().to_string();
+        let toml = model_toml(tmp.path(), &name, &fixture, "mxfp4", "f32");
+        check_against_hf(&fixture, &toml, "expected_mxfp4.json");
     }
 }
 

@@ -40,6 +40,7 @@ pub fn generated_header(spec: &ModelSpec, program: &Program) -> String {
     .into_iter()
     .max()
     .unwrap_or(1);
+    let smem = shared_memory_bytes(spec, tokens);
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -55,10 +56,35 @@ pub fn generated_header(spec: &ModelSpec, program: &Program) -> String {
         ("MIMO_MAX_HEAD_DIM", spec.head_dim),
         ("MIMO_MAX_TOP_K", spec.experts_per_token),
         ("MIMO_MAX_EXPERTS", spec.num_experts),
+        ("MIMO_SMEM_BYTES", smem),
     ] {
         let _ = writeln!(s, "#define {name} {value}");
     }
     s
+}
+
+/// Dynamic shared memory a worker block needs: the largest of the device functions' needs, by
+/// the formulas of `templates/generated.example.cuh` (activation tiles staged as bf16, per-warp
+/// accumulator scratch, the routing table, attention's per-head scratch).
+pub fn shared_memory_bytes(spec: &ModelSpec, tokens: usize) -> usize {
+    let up16 = |x: usize| x.div_ceil(16) * 16;
+    let warps = THREADS / 32;
+    let n_tiles = tokens.div_ceil(8);
+    let stage = |rows: usize, k: usize| up16(rows * (k.div_ceil(8).div_ceil(8) * 8 + 2) * 16);
+    let top_k = spec.experts_per_token;
+    let routing =
+        up16(12 * tokens * top_k + 4 * tokens * tokens * top_k + 8 * spec.num_experts + 16);
+    let accumulators = up16(2048 * warps * n_tiles);
+    let prologue = up16(64 + 4 * warps * tokens);
+    let group = spec.num_heads / spec.num_kv_heads;
+    let needs = [
+        prologue + accumulators + stage(tokens, spec.hidden_size),
+        accumulators + stage(tokens, spec.q_dim()),
+        routing + prologue + accumulators + stage(tokens, spec.hidden_size),
+        routing + accumulators + stage(tokens * top_k, spec.expert_intermediate_size.min(1024)),
+        up16(4 * (2 * group * spec.head_dim + 256 * group + 3 * group)),
+    ];
+    needs.into_iter().max().unwrap_or(0)
 }
 
 /// `megakernel.cu` with `generated.cuh` and every other quoted include inlined once, in order.
@@ -101,7 +127,13 @@ fn inline(
             out.push('\n');
             continue;
         };
-        let resolved = resolve(dir, target);
+        // As the C preprocessor: the includer's directory first, then templates/ itself.
+        let beside = resolve(dir, target);
+        let resolved = if templates.iter().any(|(p, _)| *p == beside) {
+            beside
+        } else {
+            resolve("", target)
+        };
         if !seen.insert(resolved.clone()) {
             continue;
         }
@@ -165,6 +197,21 @@ mod tests {
         assert!(pos("int a;") < pos("kernel();"));
         assert_eq!(src.matches("int x;").count(), 1);
         assert!(!src.contains("#include"));
+    }
+
+    #[test]
+    fn includes_resolve_beside_the_includer_then_from_the_root() {
+        let templates = [
+            ("megakernel.cu", "#include \"common/b.cuh\"\n"),
+            (
+                "common/b.cuh",
+                "#include \"common/c.cuh\"\n#include \"d.cuh\"\n",
+            ),
+            ("common/c.cuh", "int c;"),
+            ("common/d.cuh", "int d;"),
+        ];
+        let src = kernel_source(&templates, "").unwrap();
+        assert!(src.contains("int c;") && src.contains("int d;"), "{src}");
     }
 
     #[test]

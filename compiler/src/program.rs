@@ -145,7 +145,7 @@ impl Program {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use mimo_ir::formats::WeightFormat;
     use mimo_ir::model::decode_graph;

@@ -170,17 +170,25 @@ pub fn render(r: &ReportInputs<'_>) -> String {
         );
     }
     if let Some(res) = r.resources {
-        let _ = writeln!(s, "## Kernel resources (ptxas)\n");
+        let _ = writeln!(s, "## Kernel resources (ptxas and cuobjdump)\n");
+        let _ = writeln!(
+            s,
+            "Device functions share the kernel's registers (\"-\": ptxas reports none of their own).\n"
+        );
         let _ = writeln!(
             s,
             "| function | registers | stack | spill stores | spill loads | shared |\n|---|---:|---:|---:|---:|---:|"
         );
         for f in res {
+            let regs = if f.registers == 0 {
+                "-".to_string()
+            } else {
+                f.registers.to_string()
+            };
             let _ = writeln!(
                 s,
-                "| `{}` | {} | {} | {} | {} | {} |",
+                "| `{}` | {regs} | {} | {} | {} | {} |",
                 crate::resources::short_name(&f.function),
-                f.registers,
                 f.stack_bytes,
                 f.spill_stores,
                 f.spill_loads,
@@ -189,4 +197,42 @@ pub fn render(r: &ReportInputs<'_>) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::program::tests::qwen3_30b;
+
+    /// The README's hand count for Qwen3-30B-A3B (MXFP4 experts, bf16 elsewhere, one token at
+    /// context 1024), written out factor by factor.
+    #[test]
+    fn qwen3_30b_bytes_per_token_match_the_hand_count() {
+        let b = step_bytes(&qwen3_30b(), 1, 1024);
+        let fp4 = 0.5 + 1.0 / 32.0; // E2M1 nibble + one E8M0 byte per 32
+        let layers = 48.0;
+        let expect = [
+            (
+                "attention weights",
+                (4096.0 * 2048.0 + 2.0 * 512.0 * 2048.0 + 2048.0 * 4096.0) * 2.0 * layers,
+            ),
+            ("router", 128.0 * 2048.0 * 2.0 * layers),
+            ("routed experts", 8.0 * 3.0 * 768.0 * 2048.0 * fp4 * layers),
+            (
+                "norms",
+                (2.0 * 2048.0 + 2.0 * 128.0) * 2.0 * layers + 2048.0 * 2.0,
+            ),
+            ("lm_head", 151936.0 * 2048.0 * 2.0),
+            ("embedding rows", 2048.0 * 2.0),
+            ("kv cache", layers * 2.0 * 1025.0 * 512.0 * 2.0),
+        ];
+        for (part, bytes) in expect {
+            assert_eq!(b.parts[part], bytes, "{part}");
+        }
+        assert_eq!(b.parts.len(), expect.len());
+        assert_eq!(b.total(), 3_523_215_360.0);
+        // About 1.17 ms per token at an H100's 3.0 TB/s.
+        let roofline_ms = b.total() / 3.0e12 * 1e3;
+        assert!((roofline_ms - 1.1744).abs() < 1e-3, "{roofline_ms}");
+    }
 }

@@ -9,7 +9,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use mimo_compiler::artifact::{self, ArtifactFiles, GraphEntry, KernelEntry, Manifest, ModelEntry};
 use mimo_compiler::report::{self, ReportInputs};
-use mimo_compiler::{CompileOptions, Machine, abi, codegen, compile, nvrtc};
+use mimo_compiler::{CompileOptions, Machine, abi, codegen, compile, nvrtc, resources};
 use mimo_ir::model::decode_graph;
 
 /// Compile a model (model.toml or Hugging Face directory) into an artifact: the fused graphs, the
@@ -100,7 +100,13 @@ fn run(args: Args) -> Result<()> {
             extra: vec![],
         };
         let compiled = nvrtc::compile_cubin(&source, "kernel.cu", &opts).context("NVRTC")?;
-        (Some(compiled.cubin), Some(compiled.resources))
+        let resources = with_registers(
+            &args.output,
+            &args.arch,
+            &compiled.cubin,
+            compiled.resources,
+        )?;
+        (Some(compiled.cubin), Some(resources))
     };
 
     progress.stage("writing the artifact");
@@ -180,6 +186,34 @@ fn run(args: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// ptxas's table lists every function with its stack and spills, but registers only for
+/// kernels; cuobjdump lists kernels with registers, shared and local memory. When cuobjdump is
+/// at hand, complete ptxas's rows with it.
+fn with_registers(
+    dir: &std::path::Path,
+    arch: &str,
+    cubin: &[u8],
+    mut table: Vec<resources::FunctionResources>,
+) -> Result<Vec<resources::FunctionResources>> {
+    if resources::cuobjdump_program().is_err() {
+        return Ok(table);
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("kernel.{arch}.cubin"));
+    std::fs::write(&path, cubin).with_context(|| format!("writing {}", path.display()))?;
+    for d in resources::cuobjdump_res_usage(&path).context("cuobjdump -res-usage")? {
+        match table.iter_mut().find(|f| f.function == d.function) {
+            Some(f) => {
+                f.registers = d.registers;
+                f.shared_bytes = d.shared_bytes;
+                f.local_bytes = d.local_bytes;
+            }
+            None => table.push(d),
+        }
+    }
+    Ok(table)
 }
 
 /// A spinner naming the current stage (nothing with --quiet).

@@ -45,7 +45,7 @@ struct WeightRef {
 
 // Fused-op kinds: one device function each, in templates/ops/.
 enum TaskKind : u32 {
-    // y[t, :] = table[ids[t], :]
+    // y[t, :] = table[ids[t], :]      (Units: tokens, as the IR's embedding op.)
     //   values: [0] ids (i32 [T]), [1] y ([T, H])      weights: [0] table     dims: [0] H
     TASK_EMBED = 0,
     // Up to 3 projections of one input, over their concatenated output features:
@@ -137,6 +137,9 @@ struct OpArgs {
 };
 
 // Written by the first wait that gives up; the host turns it into an error naming the task.
+// A task whose shapes exceed what the kernel was built for stops the kernel the same way, with
+// event = MIMO_NONE, observed = 1 (a MIMO_MAX_* limit or an unknown kind) or the bytes of dynamic
+// shared memory the task needs, and expected = MIMO_SMEM_BYTES (see templates/megakernel.cu).
 struct Diagnostics {
     u32 aborted;  // nonzero once any block gave up; every other wait then returns at once
     u32 worker;

@@ -68,3 +68,80 @@ pub fn rel_l2(a: &[f64], b: &[f64]) -> f64 {
     let den: f64 = b.iter().map(|y| y * y).sum();
     (num / den).sqrt()
 }
+
+/// Runs `mimo-compile` with `args`.
+pub fn mimo_compile(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mimo-compile"))
+        .args(args)
+        .output()
+        .expect("running mimo-compile")
+}
+
+/// Writes a model.toml next to nothing but an absolute path to `hf_dir`, with expert and dense
+/// formats.
+pub fn model_toml(dir: &Path, name: &str, hf_dir: &Path, experts: &str, dense: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    let text = format!(
+        "[model]\npath = {:?}\n\n[quantization]\nexperts = \"{experts}\"\ndense = \"{dense}\"\n",
+        hf_dir.display().to_string()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Relative L2 error allowed between mimo's logits and HF's f32 logits.
+pub const HF_TOLERANCE: f64 = 1e-4;
+
+/// Runs `mimo generate --device cpu --json --logits` on `model` with the prompt of `fixture`'s
+/// `expected_file` and requires HF's greedy ids and logits within [`HF_TOLERANCE`].
+pub fn check_against_hf(fixture: &Path, model: &Path, expected_file: &str) {
+    let expected = read_json(&fixture.join(expected_file));
+    let prompt: Vec<String> = ids(&expected["prompt_ids"])
+        .iter()
+        .map(u64::to_string)
+        .collect();
+    let want_ids = ids(&expected["greedy_ids"]);
+    let want_logits = rows(&expected["logits"]);
+    assert!(
+        want_ids.len() >= 12,
+        "{}: the fixture must cover 12+ new tokens",
+        fixture.display()
+    );
+    let got = mimo_json(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt-ids",
+        &prompt.join(","),
+        "--max-new-tokens",
+        &want_ids.len().to_string(),
+        "--device",
+        "cpu",
+        "--json",
+        "--logits",
+    ]);
+    let name = format!(
+        "{} ({expected_file} via {})",
+        fixture.file_name().unwrap().to_string_lossy(),
+        model.display()
+    );
+    assert_eq!(
+        ids(&got["output_ids"]),
+        want_ids,
+        "{name}: greedy ids differ from HF"
+    );
+    let got_logits = rows(&got["logits"]);
+    assert_eq!(
+        got_logits.len(),
+        want_logits.len(),
+        "{name}: one logits row per new token"
+    );
+    for (i, (g, w)) in got_logits.iter().zip(&want_logits).enumerate() {
+        let err = rel_l2(g, w);
+        assert!(
+            err <= HF_TOLERANCE,
+            "{name}: token {i}: relative L2 error {err:.3e} > {HF_TOLERANCE:e}"
+        );
+    }
+    assert!(got["tokens_per_second"].as_f64().unwrap() > 0.0);
+}

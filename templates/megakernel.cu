@@ -1,0 +1,68 @@
+#include "generated.cuh"
+// The persistent megakernel: one launch runs one decode step (see common/abi.cuh for the
+// contract with the compiler). Block w is worker w: it runs its queue of tasks in order, each
+// after the events it waits for have reached this step's counts, and increments the task's
+// trigger events when done.
+//
+// generated.cuh (written per model by the compiler; templates/generated.example.cuh is an
+// example) defines, and the templates rely on nothing else from it:
+//   MIMO_THREADS       threads per block (256)
+//   MIMO_TOKENS        T, tokens per step (1..16), compile-time so register tiles can be sized
+//   MIMO_MAX_K         largest projection reduction length (unused here; sizes MIMO_SMEM_BYTES)
+//   MIMO_MAX_HEAD_DIM  largest head_dim (even, <= 256)
+//   MIMO_MAX_TOP_K     largest experts per token
+//   MIMO_MAX_EXPERTS   largest router width E
+//   MIMO_SMEM_BYTES    dynamic shared memory the host passes at launch (formula in the example)
+//
+// Launch: grid = workers (never more than can be co-resident: one block per SM), block =
+// MIMO_THREADS, dynamic shared memory = MIMO_SMEM_BYTES (the kernel adds 160 bytes of static
+// shared memory). A task whose shapes exceed these limits stops the kernel with Diagnostics
+// {event = MIMO_NONE, observed = status (1: a MIMO_MAX_* limit, else the shared-memory bytes the
+// task needs), expected = MIMO_SMEM_BYTES}.
+
+#include "common/sync.cuh"
+#include "ops/argmax_combine.cuh"
+#include "ops/attention.cuh"
+#include "ops/embed.cuh"
+#include "ops/kv_append.cuh"
+// norm_matmul, oproj_residual, expert_gate_up, expert_down, lm_head:
+#include "ops/projections.cuh"
+
+using namespace mimo;
+
+__device__ __forceinline__ u32 run_task(const KernelParams& p, const Task& task, u8* smem) {
+    const OpArgs& a = p.ops[task.op];
+    const u32 b = task.unit_begin, e = task.unit_end;
+    switch (task.kind) {
+        case TASK_EMBED: return run_embed(p, a, b, e, smem);
+        case TASK_NORM_MATMUL: return run_norm_matmul(p, a, b, e, smem);
+        case TASK_KV_APPEND: return run_kv_append(p, a, b, e, smem);
+        case TASK_ATTENTION_PARTIAL: return run_attention_partial(p, a, b, e, smem);
+        case TASK_OPROJ_RESIDUAL: return run_oproj_residual(p, a, b, e, smem);
+        case TASK_EXPERT_GATE_UP: return run_expert_gate_up(p, a, b, e, smem);
+        case TASK_EXPERT_DOWN: return run_expert_down(p, a, b, e, smem);
+        case TASK_LM_HEAD: return run_lm_head(p, a, b, e, smem);
+        case TASK_ARGMAX_COMBINE: return run_argmax_combine(p, a, b, e, smem);
+        default: return kOverLimit;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(MIMO_THREADS, 1) mimo_megakernel(const __grid_constant__ KernelParams p) {
+    extern __shared__ F32x4 smem_words[];  // 16-byte aligned
+    u8* smem = (u8*)smem_words;
+    const u32 worker = blockIdx.x;
+    const u32 end = p.queue_start[worker + 1];
+    for (u32 index = p.queue_start[worker]; index < end; ++index) {
+        const Task task = p.tasks[index];
+        for (u32 i = 0; i < task.wait_count; ++i) {
+            const Wait w = p.waits[task.wait_begin + i];
+            if (!wait_for_event(p, index, w.event, w.per_step * (p.step + 1u))) return;
+        }
+        const u32 status = run_task(p, task, smem);
+        if (status != kOk) {
+            if (threadIdx.x == 0) record_failure(p, index, MIMO_NONE, status, MIMO_SMEM_BYTES);
+            return;
+        }
+        trigger_events(p, task.trigger_begin, task.trigger_count);
+    }
+}
