@@ -15,6 +15,15 @@
 //
 // Projections put the weights on the M side ("swap AB"): M = 16 output features, N = 8 tokens
 // (padded), K = the reduction.
+//
+// Native FP4 (Blackwell) goes here. Hopper has no FP4 tensor-core instruction, so project.cuh's
+// MXFP4 path decodes E2M1 codes and E8M0 scales to bf16 in registers (step_pairs) and calls
+// mma_bf16_16816. On sm_100 / sm_120 that decode disappears: a wrapper beside this one, selected
+// with `#if __CUDA_ARCH__ >= 1000`, feeds the packed codes and the scales directly to
+// `tcgen05.mma.cta_group::1.kind::mxf4nvf4.block_scale` (sm_100, operands in tensor memory) or
+// `mma.sync.aligned.m16n8k64.row.col.kind::mxf4.block_scale.scale_vec::2X...e2m1...ue8m0` (sm_120).
+// The weight layout the loads already use (codes packed along k, element 2j in the low nibble,
+// one scale byte per 32 k) is the one those instructions consume.
 #pragma once
 
 #include "common/types.cuh"
