@@ -615,32 +615,11 @@ fn classify(ops: &BTreeSet<&str>) -> FusedKind {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use mimo_ir::formats::WeightFormat;
     use mimo_ir::model::decode_graph;
-    use mimo_ir::{Architecture, ModelSpec, WeightFormats};
+    use mimo_ir::{Architecture, ModelSpec};
 
     pub fn tiny(architecture: Architecture) -> ModelSpec {
-        ModelSpec {
-            architecture,
-            vocab_size: 97,
-            hidden_size: 64,
-            num_layers: 2,
-            num_heads: 4,
-            num_kv_heads: 2,
-            head_dim: 24,
-            num_experts: 6,
-            experts_per_token: 3,
-            expert_intermediate_size: 32,
-            norm_topk_prob: true,
-            rope_theta: 10000.0,
-            rms_norm_eps: 1e-6,
-            max_position_embeddings: 128,
-            tie_word_embeddings: false,
-            formats: WeightFormats {
-                experts: WeightFormat::F32,
-                dense: WeightFormat::F32,
-            },
-        }
+        ModelSpec::tiny(architecture)
     }
 
     pub fn fused(spec: &ModelSpec, tokens: usize) -> (Graph, Vec<FusedOp>) {

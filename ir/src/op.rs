@@ -182,7 +182,7 @@ mod tests {
     use crate::math::Rng;
     use crate::model::build::decode_graph;
     use crate::model::random::random_weights;
-    use crate::model::spec::test_specs::{tiny_mixtral, tiny_qwen3};
+    use crate::{Architecture, ModelSpec};
 
     fn in_region(shape: &[usize], region: &Region, flat: usize) -> bool {
         let mut rem = flat;
@@ -358,7 +358,10 @@ mod tests {
 
     #[test]
     fn every_op_tiles_as_it_declares() {
-        for spec in [tiny_qwen3(), tiny_mixtral()] {
+        for spec in [
+            ModelSpec::tiny(Architecture::Qwen3Moe),
+            ModelSpec::tiny(Architecture::Mixtral),
+        ] {
             let weights = F32Weights::from_store(&random_weights(&spec, 5).unwrap());
             let graph = decode_graph(&spec, 3, 12).unwrap();
             let inputs = [
@@ -460,7 +463,7 @@ mod tests {
 
     #[test]
     fn every_registered_op_round_trips_its_attributes() {
-        let graph = decode_graph(&tiny_qwen3(), 1, 4).unwrap();
+        let graph = decode_graph(&ModelSpec::tiny(Architecture::Qwen3Moe), 1, 4).unwrap();
         for (_, node) in graph.nodes() {
             if let Some(op) = node.op() {
                 let back = op_from_json(op.name(), &op.attrs()).unwrap();

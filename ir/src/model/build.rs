@@ -219,12 +219,15 @@ impl ModelGraph<'_> {
 mod tests {
     use super::*;
     use crate::graph::NodeKind;
-    use crate::model::spec::test_specs::{tiny_mixtral, tiny_qwen3};
+    use crate::model::Architecture;
     use crate::ops::Linear;
 
     #[test]
     fn decode_graph_round_trips_through_json() {
-        for spec in [tiny_qwen3(), tiny_mixtral()] {
+        for spec in [
+            ModelSpec::tiny(Architecture::Qwen3Moe),
+            ModelSpec::tiny(Architecture::Mixtral),
+        ] {
             let g = decode_graph(&spec, 3, 16).unwrap();
             let json = g.to_json();
             let back = Graph::from_json(&json).unwrap();
@@ -241,13 +244,13 @@ mod tests {
                 .filter(|(_, n)| n.name.ends_with("_normed"))
                 .count()
         };
-        assert_eq!(count(&tiny_qwen3()), 2 * 2);
-        assert_eq!(count(&tiny_mixtral()), 0);
+        assert_eq!(count(&ModelSpec::tiny(Architecture::Qwen3Moe)), 2 * 2);
+        assert_eq!(count(&ModelSpec::tiny(Architecture::Mixtral)), 0);
     }
 
     #[test]
     fn declares_every_named_weight_with_its_shape() {
-        let spec = tiny_qwen3();
+        let spec = ModelSpec::tiny(Architecture::Qwen3Moe);
         let g = decode_graph(&spec, 1, 8).unwrap();
         let declared: Vec<(String, Vec<usize>)> = g
             .nodes_of(|k| matches!(k, NodeKind::Weight))

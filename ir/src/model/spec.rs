@@ -86,24 +86,24 @@ impl ModelSpec {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod test_specs {
-    use super::*;
-
-    /// A tiny Qwen3-MoE: head_dim * heads != hidden, GQA 2, odd top-k.
-    pub fn tiny_qwen3() -> ModelSpec {
+impl ModelSpec {
+    /// A tiny model of either family for tests and examples: head_dim x heads != hidden, GQA 2
+    /// (Mixtral: 4), odd top-k (Mixtral: 2), f32 weights. Hidden and expert sizes are multiples of
+    /// 32, so the experts can also be stored as MXFP4.
+    pub fn tiny(architecture: Architecture) -> ModelSpec {
+        let mixtral = architecture == Architecture::Mixtral;
         ModelSpec {
-            architecture: Architecture::Qwen3Moe,
+            architecture,
             vocab_size: 97,
             hidden_size: 64,
             num_layers: 2,
             num_heads: 4,
-            num_kv_heads: 2,
+            num_kv_heads: if mixtral { 1 } else { 2 },
             head_dim: 24,
             num_experts: 6,
-            experts_per_token: 3,
+            experts_per_token: if mixtral { 2 } else { 3 },
             expert_intermediate_size: 32,
-            norm_topk_prob: false,
+            norm_topk_prob: mixtral,
             rope_theta: 10000.0,
             rms_norm_eps: 1e-6,
             max_position_embeddings: 128,
@@ -112,16 +112,6 @@ pub(crate) mod test_specs {
                 experts: WeightFormat::F32,
                 dense: WeightFormat::F32,
             },
-        }
-    }
-
-    pub fn tiny_mixtral() -> ModelSpec {
-        ModelSpec {
-            architecture: Architecture::Mixtral,
-            num_kv_heads: 1,
-            experts_per_token: 2,
-            norm_topk_prob: true,
-            ..tiny_qwen3()
         }
     }
 }

@@ -16,22 +16,29 @@ pub struct Attention {
     pub scale: f32,
 }
 
+/// The operands every attention op takes: q [tokens, heads, head_dim], K and V caches
+/// [context, kv_heads dividing heads, head_dim], positions i32 [tokens].
+pub fn check_attention_operands(q: &TensorType, k: &TensorType, v: &TensorType, pos: &TensorType) -> Result<(), String> {
+    if q.rank() != 3 || q.dtype.is_int() {
+        return Err(format!("q must be float [tokens, heads, head_dim], got {q}"));
+    }
+    if k.rank() != 3 || k.shape[2] != q.shape[2] || k.shape[1] == 0 || q.shape[1] % k.shape[1] != 0 {
+        return Err(format!("k_cache must be [context, kv_heads dividing {}, {}], got {k}", q.shape[1], q.shape[2]));
+    }
+    if v.shape != k.shape {
+        return Err(format!("v_cache must have k_cache's shape {:?}, got {v}", k.shape));
+    }
+    if pos.dtype != DType::I32 || pos.shape != [q.shape[0]] {
+        return Err(format!("positions must be i32 [{}], got {pos}", q.shape[0]));
+    }
+    Ok(())
+}
+
 impl Op for Attention {
     fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
         expect_arity(self, inputs)?;
-        let (q, k, v, pos) = (&inputs[Self::Q], &inputs[Self::K_CACHE], &inputs[Self::V_CACHE], &inputs[Self::POSITIONS]);
-        if q.rank() != 3 || q.dtype.is_int() {
-            return Err(format!("q must be float [tokens, heads, head_dim], got {q}"));
-        }
-        if k.rank() != 3 || k.shape[2] != q.shape[2] || k.shape[1] == 0 || q.shape[1] % k.shape[1] != 0 {
-            return Err(format!("k_cache must be [context, kv_heads dividing {}, {}], got {k}", q.shape[1], q.shape[2]));
-        }
-        if v.shape != k.shape {
-            return Err(format!("v_cache must have k_cache's shape {:?}, got {v}", k.shape));
-        }
-        if pos.dtype != DType::I32 || pos.shape != [q.shape[0]] {
-            return Err(format!("positions must be i32 [{}], got {pos}", q.shape[0]));
-        }
+        let q = &inputs[Self::Q];
+        check_attention_operands(q, &inputs[Self::K_CACHE], &inputs[Self::V_CACHE], &inputs[Self::POSITIONS])?;
         Ok(vec![TensorType::f32(q.shape.clone())])
     }
 

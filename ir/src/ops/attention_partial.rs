@@ -7,7 +7,8 @@ use mimo_macros::op;
 
 use crate::math::{axis_region, dot};
 use crate::op::{Access, Cost, Io, Op, expect_arity, whole};
-use crate::{DType, Tensor, TensorType};
+use super::attention::check_attention_operands;
+use crate::{Tensor, TensorType};
 
 /// For query `t` the context is `0..=positions[t]` (length `L`); split `s` covers rows
 /// `s*L/splits .. (s+1)*L/splits`, so the parts stay balanced at every length while the number
@@ -37,19 +38,8 @@ impl AttentionPartial {
 impl Op for AttentionPartial {
     fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
         expect_arity(self, inputs)?;
-        let (q, k, v, pos) = (&inputs[Self::Q], &inputs[Self::K_CACHE], &inputs[Self::V_CACHE], &inputs[Self::POSITIONS]);
-        if q.rank() != 3 || q.dtype.is_int() {
-            return Err(format!("q must be float [tokens, heads, head_dim], got {q}"));
-        }
-        if k.rank() != 3 || k.shape[2] != q.shape[2] || k.shape[1] == 0 || q.shape[1] % k.shape[1] != 0 {
-            return Err(format!("k_cache must be [context, kv_heads dividing {}, {}], got {k}", q.shape[1], q.shape[2]));
-        }
-        if v.shape != k.shape {
-            return Err(format!("v_cache must have k_cache's shape {:?}, got {v}", k.shape));
-        }
-        if pos.dtype != DType::I32 || pos.shape != [q.shape[0]] {
-            return Err(format!("positions must be i32 [{}], got {pos}", q.shape[0]));
-        }
+        let q = &inputs[Self::Q];
+        check_attention_operands(q, &inputs[Self::K_CACHE], &inputs[Self::V_CACHE], &inputs[Self::POSITIONS])?;
         if self.splits == 0 {
             return Err("splits must be at least 1".into());
         }
