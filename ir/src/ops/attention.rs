@@ -22,7 +22,7 @@ pub fn check_attention_operands(q: &TensorType, k: &TensorType, v: &TensorType, 
     if q.rank() != 3 || q.dtype.is_int() {
         return Err(format!("q must be float [tokens, heads, head_dim], got {q}"));
     }
-    if k.rank() != 3 || k.shape[2] != q.shape[2] || k.shape[1] == 0 || q.shape[1] % k.shape[1] != 0 {
+    if k.rank() != 3 || k.shape[2] != q.shape[2] || k.shape[1] == 0 || !q.shape[1].is_multiple_of(k.shape[1]) {
         return Err(format!("k_cache must be [context, kv_heads dividing {}, {}], got {k}", q.shape[1], q.shape[2]));
     }
     if v.shape != k.shape {
