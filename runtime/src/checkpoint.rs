@@ -226,6 +226,14 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// Tensor `name`'s bytes exactly as stored, with its dtype and shape: how pre-quantised
+    /// tensors (U8 FP4 codes and block scales) are read without any conversion.
+    pub fn raw(&self, name: &str) -> Result<(Dtype, &[usize], &[u8]), LoadError> {
+        let entry = self.entry(name)?;
+        let bytes = &self.shards[entry.shard].mmap[entry.bytes.clone()];
+        Ok((entry.dtype, &entry.shape, bytes))
+    }
+
     fn entry(&self, name: &str) -> Result<&Entry, LoadError> {
         self.tensors
             .get(name)

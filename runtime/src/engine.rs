@@ -4,19 +4,26 @@
 //! engine. Everything above this trait (generation, speculative decoding, the server) is shared.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use mimo_ir::interp::{self, F32Weights, StateStore};
-use mimo_ir::model::build::{LOGITS, NEXT_IDS, POSITIONS, TOKEN_IDS, decode_graph};
-use mimo_ir::{Graph, ModelSpec, Tensor};
+use mimo_ir::model::build::{
+    DecodeOptions, FEATURES, LOGITS, NEXT_IDS, POSITIONS, TOKEN_IDS, decode_graph_with,
+};
+use mimo_ir::{Graph, ModelSpec, Tensor, TensorData};
 
 /// What one step returns.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct StepOutput {
     /// Logits [tokens, vocab], row-major, when asked for.
     pub logits: Option<Vec<f32>>,
     /// The greedy (argmax) next token after each input token.
     pub next_ids: Vec<u32>,
+    /// With capture layers set ([`Engine::set_capture_layers`]): the hidden states of those
+    /// layers after each input token, [tokens, layers * hidden] row-major, the layers side by
+    /// side in the order given. DFlash drafts from them.
+    pub features: Option<Vec<f32>>,
 }
 
 /// One model's decode step on some device, with its KV cache.
@@ -36,6 +43,17 @@ pub trait Engine: Send {
     ) -> Result<StepOutput>;
     /// Empties the KV cache.
     fn reset(&mut self);
+    /// Makes every later step also return the hidden states of `layers` (empty: none). Engines
+    /// that cannot capture them refuse any layer.
+    fn set_capture_layers(&mut self, layers: &[usize]) -> Result<()> {
+        if layers.is_empty() {
+            return Ok(());
+        }
+        bail!(
+            "{} cannot capture hidden features, which speculative decoding needs; use the reference engine (a model directory or model.toml, not a compiled artifact)",
+            self.device()
+        )
+    }
 }
 
 /// Checks a step's arguments against the model, so no engine sees an id outside the vocabulary or
@@ -68,31 +86,51 @@ pub fn check_step(
 /// The reference interpreter as an engine: f32 on every core of the CPU.
 pub struct CpuEngine {
     spec: ModelSpec,
-    weights: F32Weights,
+    /// Shared with a drafter that runs on the same weights (DFlash reads the target's embedding
+    /// and lm_head), so one store holds both models.
+    weights: Arc<F32Weights>,
     state: StateStore,
     max_context: usize,
     /// Graphs by token count: decode (1), and each prefill or verify length seen so far.
     graphs: HashMap<usize, Graph>,
+    options: DecodeOptions,
 }
 
 impl CpuEngine {
     pub fn new(spec: ModelSpec, weights: F32Weights, max_context: usize) -> Self {
+        Self::with_shared_weights(spec, Arc::new(weights), max_context)
+    }
+
+    /// An engine on weights that other graphs (a drafter's) read too.
+    pub fn with_shared_weights(
+        spec: ModelSpec,
+        weights: Arc<F32Weights>,
+        max_context: usize,
+    ) -> Self {
         CpuEngine {
             spec,
             weights,
             state: StateStore::new(),
             max_context,
             graphs: HashMap::new(),
+            options: DecodeOptions::default(),
         }
     }
 
     fn graph(&mut self, tokens: usize) -> Result<&Graph> {
         if !self.graphs.contains_key(&tokens) {
-            let g = decode_graph(&self.spec, tokens, self.max_context)
+            let g = decode_graph_with(&self.spec, tokens, self.max_context, &self.options)
                 .with_context(|| format!("building the {tokens}-token graph"))?;
             self.graphs.insert(tokens, g);
         }
         Ok(&self.graphs[&tokens])
+    }
+}
+
+fn into_f32(t: Tensor) -> Option<Vec<f32>> {
+    match t.data {
+        TensorData::F32(v) => Some(v),
+        TensorData::I32(_) => None,
     }
 }
 
@@ -132,18 +170,34 @@ impl Engine for CpuEngine {
         let mut out = interp::run(graph, &self.weights, &mut self.state, &inputs)?;
         let next_ids = out[NEXT_IDS].i32().iter().map(|&t| t as u32).collect();
         let logits = if want_logits {
-            out.remove(LOGITS).map(|t| match t.data {
-                mimo_ir::TensorData::F32(v) => v,
-                mimo_ir::TensorData::I32(_) => unreachable!("logits are f32"),
-            })
+            out.remove(LOGITS).and_then(into_f32)
         } else {
             None
         };
-        Ok(StepOutput { logits, next_ids })
+        let features = out.remove(FEATURES).and_then(into_f32);
+        Ok(StepOutput {
+            logits,
+            next_ids,
+            features,
+        })
     }
 
     fn reset(&mut self) {
         self.state.clear();
+    }
+
+    fn set_capture_layers(&mut self, layers: &[usize]) -> Result<()> {
+        if let Some(&bad) = layers.iter().find(|&&l| l >= self.spec.num_layers) {
+            bail!(
+                "cannot capture the features of layer {bad}: the model has {} layers",
+                self.spec.num_layers
+            );
+        }
+        if self.options.capture_layers != layers {
+            self.options.capture_layers = layers.to_vec();
+            self.graphs.clear();
+        }
+        Ok(())
     }
 }
 
@@ -192,6 +246,7 @@ impl Engine for ScheduleEngine {
         let mut out = StepOutput {
             logits: want_logits.then(Vec::new),
             next_ids: Vec::with_capacity(tokens.len()),
+            features: None,
         };
         for (&t, &p) in tokens.iter().zip(positions) {
             let inputs = [

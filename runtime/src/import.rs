@@ -11,6 +11,13 @@
 //!   (`gate, up = linear(x, gate_up_proj[e]).chunk(2, dim=-1)`), and `...mlp.experts.down_proj`
 //!   `[E, H, I]`. Transposed variants are refused by shape rather than guessed at.
 //!
+//! Routed experts may also be stored pre-quantised as MXFP4 (REFERENCE.md §1, "FP4 expert
+//! tensors as stored"): per expert, `...{gate,up,down}_proj.weight` U8 `[out, in/2]` (two E2M1
+//! codes per byte, element 2j in the low nibble of byte j) and `...weight_scale` U8 `[out, in/32]`
+//! (one E8M0 scale per 32 elements along the row), which is exactly [`Mxfp4Matrix`]'s layout. They
+//! are copied into [`WeightData::Mxfp4`] as they are: dequantising and re-quantising could only
+//! lose what the checkpoint's quantiser chose, so any other requested experts format is refused.
+//!
 //! Every shape is checked before anything is converted, so a wrong checkpoint fails in
 //! milliseconds, not after minutes of quantisation.
 
@@ -18,12 +25,13 @@ use std::collections::HashSet;
 use std::sync::mpsc;
 
 use mimo_ir::formats::WeightFormat;
+use mimo_ir::formats::mxfp4::{BLOCK as MX_BLOCK, Mxfp4Matrix};
 use mimo_ir::model::names::{self, LayerWeight};
 use mimo_ir::weights::{Weight, WeightData, WeightStore};
 use mimo_ir::{Architecture, ModelSpec};
 use rayon::prelude::*;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, Dtype};
 use crate::error::LoadError;
 
 /// Transient f32 memory the parallel conversion may hold at once. Stacked expert tensors are large
@@ -114,6 +122,8 @@ enum Source {
         rows: usize,
         offset: usize,
     },
+    /// Pre-quantised MXFP4 experts: each expert's U8 codes and `weight_scale` tensors, stacked.
+    Mxfp4Stacked(Vec<[String; 2]>),
 }
 
 impl Source {
@@ -121,8 +131,26 @@ impl Source {
         match self {
             Source::Tensor(n) | Source::Rows { name: n, .. } => vec![n],
             Source::Stacked(names) => names.iter().map(String::as_str).collect(),
+            Source::Mxfp4Stacked(pairs) => pairs.iter().flatten().map(String::as_str).collect(),
         }
     }
+}
+
+/// The block-scale tensor stored beside pre-quantised FP4 codes `name` (`....weight`).
+pub fn scale_name(name: &str) -> String {
+    format!("{name}_scale")
+}
+
+/// Whether `ckpt` stores routed experts pre-quantised as MXFP4: U8 `...experts.N....weight`
+/// codes with a `...weight_scale` beside them.
+pub fn has_mxfp4_experts(ckpt: &Checkpoint) -> bool {
+    ckpt.tensor_names().any(|n| {
+        n.contains(".experts.")
+            && n.ends_with(".weight_scale")
+            && ckpt
+                .info(n.trim_end_matches("_scale"))
+                .is_some_and(|(dtype, _)| dtype == Dtype::U8)
+    })
 }
 
 impl Job {
@@ -131,6 +159,7 @@ impl Job {
         let numel: usize = self.shape.iter().product();
         match self.source {
             Source::Rows { rows, .. } => (numel + numel / self.shape[1] * rows) * 4,
+            Source::Mxfp4Stacked(_) => numel / 2 + numel / MX_BLOCK,
             _ => numel * 4,
         }
     }
@@ -138,6 +167,7 @@ impl Job {
     fn run(&self, ckpt: &Checkpoint) -> Result<Weight, LoadError> {
         let numel = self.shape.iter().product();
         let values = match &self.source {
+            Source::Mxfp4Stacked(names) => return self.stack_mxfp4(ckpt, names, numel),
             Source::Tensor(name) => ckpt.read_f32(name)?.1,
             Source::Stacked(names) => {
                 let mut values = vec![0.0; numel];
@@ -171,6 +201,41 @@ impl Job {
                 format: self.format,
                 source,
             }
+        })
+    }
+
+    /// Copies every expert's stored codes and scales, in expert order, into one MXFP4 matrix of
+    /// `E * rows` rows (the stacked layout: expert `e` starts at row `e * rows`).
+    fn stack_mxfp4(
+        &self,
+        ckpt: &Checkpoint,
+        names: &[[String; 2]],
+        numel: usize,
+    ) -> Result<Weight, LoadError> {
+        let cols = self.shape.last().copied().unwrap_or(1);
+        let experts = names.len().max(1);
+        let mut codes = vec![0u8; numel / 2];
+        let mut scales = vec![0u8; numel / MX_BLOCK];
+        let (per_codes, per_scales) = (codes.len() / experts, scales.len() / experts);
+        codes
+            .par_chunks_mut(per_codes.max(1))
+            .zip(scales.par_chunks_mut(per_scales.max(1)))
+            .zip(names)
+            .try_for_each(|((c, s), [codes, scale])| {
+                c.copy_from_slice(ckpt.raw(codes)?.2);
+                s.copy_from_slice(ckpt.raw(scale)?.2);
+                Ok::<(), LoadError>(())
+            })?;
+        let matrix = Mxfp4Matrix::from_parts(numel / cols.max(1), cols, codes, scales).map_err(
+            |source| LoadError::Format {
+                weight: self.name.clone(),
+                format: WeightFormat::Mxfp4,
+                source,
+            },
+        )?;
+        Ok(Weight {
+            shape: self.shape.clone(),
+            data: WeightData::Mxfp4(matrix),
         })
     }
 }
@@ -274,6 +339,12 @@ fn expert_source(
         (_, _) => format!("{p}mlp.experts.{e}.down_proj.weight"),
     };
     let (e, r, c) = (shape[0], shape[1], shape[2]);
+    if ckpt
+        .info(&per_expert(0))
+        .is_some_and(|(dtype, _)| dtype == Dtype::U8)
+    {
+        return mxfp4_source(spec, ckpt, (0..e).map(per_expert).collect(), r, c);
+    }
     let fused = match weight {
         LayerWeight::ExpertsDown => format!("{p}mlp.experts.down_proj"),
         _ => format!("{p}mlp.experts.gate_up_proj"),
@@ -311,6 +382,77 @@ fn expert_source(
         rows: 2 * r,
         offset,
     })
+}
+
+/// Pre-quantised MXFP4 experts `names` (each `[rows, cols]` logically): checks that the model
+/// stores experts as MXFP4 and every code and scale tensor is U8 of the packed shape.
+fn mxfp4_source(
+    spec: &ModelSpec,
+    ckpt: &Checkpoint,
+    names: Vec<String>,
+    rows: usize,
+    cols: usize,
+) -> Result<Source, LoadError> {
+    let first = &names[0];
+    if spec.formats.experts != WeightFormat::Mxfp4 {
+        return Err(LoadError::invalid(
+            ckpt.file_of(first),
+            format!(
+                "`{first}` is stored pre-quantised as MXFP4 (U8 codes with a `weight_scale`), but the \
+                 model asks for {} experts: set `[quantization] experts = \"mxfp4\"` (FP4 weights \
+                 are never re-quantised)",
+                spec.formats.experts
+            ),
+        ));
+    }
+    if !cols.is_multiple_of(MX_BLOCK) {
+        return Err(LoadError::invalid(
+            ckpt.file_of(first),
+            format!(
+                "`{first}`: MXFP4 needs the input dimension ({cols}) to be a multiple of {MX_BLOCK}"
+            ),
+        ));
+    }
+    for name in &names {
+        for (tensor, shape) in [
+            (name.clone(), [rows, cols / 2]),
+            (scale_name(name), [rows, cols / MX_BLOCK]),
+        ] {
+            let Some((dtype, found)) = ckpt.info(&tensor) else {
+                return Err(LoadError::MissingTensor {
+                    name: tensor,
+                    dir: ckpt.dir().to_path_buf(),
+                    alternatives: " (pre-quantised MXFP4 experts need codes and a weight_scale)"
+                        .into(),
+                });
+            };
+            if found != shape {
+                return Err(LoadError::Shape {
+                    file: ckpt.file_of(&tensor).to_path_buf(),
+                    name: tensor,
+                    expected: shape.to_vec(),
+                    found: found.to_vec(),
+                });
+            }
+            if dtype != Dtype::U8 {
+                return Err(LoadError::invalid(
+                    ckpt.file_of(&tensor),
+                    format!(
+                        "tensor `{tensor}` is {dtype:?}; pre-quantised MXFP4 codes and scales are U8"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(Source::Mxfp4Stacked(
+        names
+            .into_iter()
+            .map(|n| {
+                let scale = scale_name(&n);
+                [n, scale]
+            })
+            .collect(),
+    ))
 }
 
 fn single(ckpt: &Checkpoint, name: &str, shape: &[usize]) -> Result<Source, LoadError> {

@@ -10,17 +10,26 @@
 //! - [`engine`]: the [`engine::Engine`] step boundary and the CPU (reference) engine;
 //! - [`sampling`]: greedy and seeded temperature / top-p sampling;
 //! - [`session`]: a model path and a device choice to a ready engine;
-//! - [`generate`]: autoregressive generation over any engine, streaming tokens.
+//! - [`generate`]: autoregressive generation over any engine, streaming tokens;
+//! - [`draft`], [`dflash`]: DFlash draft checkpoints and speculative decoding;
+//! - [`server`]: the OpenAI-compatible HTTP server behind `mimo serve`;
+//! - [`random_checkpoint`]: deterministic random checkpoints of any shape, for benchmarks;
+//! - [`cuda`]: the megakernel engine on an NVIDIA GPU (driver loaded at run time).
 
 pub mod builtin;
 pub mod checkpoint;
+pub mod cuda;
+pub mod dflash;
+pub mod draft;
 pub mod engine;
 pub mod error;
 pub mod exec;
 pub mod generate;
 pub mod import;
 pub mod model;
+pub mod random_checkpoint;
 pub mod sampling;
+pub mod server;
 pub mod session;
 pub mod tokenizer;
 

@@ -81,7 +81,8 @@ fn resolve_hf(
     let mut spec = spec_from_hf_config(&text, &config)?;
     // The checkpoint's dtype is what its tensors are actually stored in; the config's `dtype` only
     // declares it (and is absent from old configs). Opening maps the files and reads headers only.
-    if let Some(format) = Checkpoint::open(&dir).ok().and_then(|c| c.float_format()) {
+    let ckpt = Checkpoint::open(&dir).ok();
+    if let Some(format) = ckpt.as_ref().and_then(|c| c.float_format()) {
         if format != spec.formats.dense {
             tracing::debug!(
                 "{}: config dtype {} but tensors are stored as {format}",
@@ -93,6 +94,11 @@ fn resolve_hf(
             experts: format,
             dense: format,
         };
+    }
+    // Experts stored pre-quantised (U8 codes + E8M0 `weight_scale`) are MXFP4, whatever the
+    // dtype of the dense tensors.
+    if ckpt.as_ref().is_some_and(crate::import::has_mxfp4_experts) {
+        spec.formats.experts = mimo_ir::formats::WeightFormat::Mxfp4;
     }
     spec.formats = quantization.apply(spec.formats);
     Ok(ResolvedModel {

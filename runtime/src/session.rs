@@ -9,6 +9,7 @@ use mimo_compiler::artifact::{self, Artifact};
 use mimo_ir::interp::F32Weights;
 
 use crate::builtin;
+use crate::cuda;
 use crate::engine::{CpuEngine, Engine, ScheduleEngine};
 use crate::exec::ScheduleExecutor;
 use crate::model::{LoadedModel, load_model};
@@ -43,15 +44,16 @@ pub fn open_session(
     max_context: Option<usize>,
 ) -> Result<Session> {
     let mut notes = Vec::new();
-    if device == DeviceChoice::Cuda {
-        bail!("--device cuda: this build of mimo has no CUDA engine yet; use --device cpu");
-    }
-    if device == DeviceChoice::Auto {
-        notes.push("running on the CPU (no CUDA engine in this build)".to_string());
-    }
+    let gpu = select_gpu(device, &mut notes)?;
     match model {
-        Some(path) if Artifact::is_artifact(path) => open_artifact(path, notes),
+        Some(path) if Artifact::is_artifact(path) => open_artifact(path, gpu, device, notes),
         Some(path) if !builtin::is_builtin(path) => {
+            interpreter_only(
+                gpu.is_some(),
+                device,
+                &path.display().to_string(),
+                &mut notes,
+            )?;
             let loaded = load_model(path, &|_, _| {})
                 .with_context(|| format!("loading {}", path.display()))?;
             Ok(interpreter_session(
@@ -61,13 +63,57 @@ pub fn open_session(
                 notes,
             ))
         }
-        _ => Ok(interpreter_session(
-            builtin::load()?,
-            builtin::NAME.to_string(),
-            max_context,
-            notes,
-        )),
+        _ => {
+            interpreter_only(gpu.is_some(), device, builtin::NAME, &mut notes)?;
+            Ok(interpreter_session(
+                builtin::load()?,
+                builtin::NAME.to_string(),
+                max_context,
+                notes,
+            ))
+        }
     }
+}
+
+/// The GPU to run on: `None` for the CPU (with `--device auto`, a note says why), an error when
+/// `--device cuda` finds none usable.
+fn select_gpu(device: DeviceChoice, notes: &mut Vec<String>) -> Result<Option<cuda::DeviceInfo>> {
+    if device == DeviceChoice::Cpu {
+        return Ok(None);
+    }
+    match cuda::probe(0) {
+        Ok(info) => Ok(Some(info)),
+        Err(reason) if device == DeviceChoice::Cuda => {
+            bail!("--device cuda: no usable CUDA GPU: {reason}; use --device cpu")
+        }
+        Err(reason) => {
+            notes.push(format!("running on the CPU: {reason}"));
+            Ok(None)
+        }
+    }
+}
+
+/// The GPU runs compiled artifacts only: the kernel source comes from `mimo-compile` (the
+/// templates it is generated from are embedded in the `mimo` binaries, not in this library), so a
+/// model directory or model.toml runs on the reference interpreter.
+fn interpreter_only(
+    have_gpu: bool,
+    device: DeviceChoice,
+    model: &str,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    if !have_gpu {
+        return Ok(());
+    }
+    if device == DeviceChoice::Cuda {
+        bail!(
+            "--device cuda runs compiled artifacts: compile {model} with `mimo-compile {model} -o DIR` and pass --model DIR"
+        );
+    }
+    notes.push(format!(
+        "running {model} on the CPU reference interpreter: the GPU runs compiled artifacts (`mimo-compile {model} -o DIR`, then --model DIR)"
+    ));
+    Ok(())
 }
 
 fn interpreter_session(
@@ -96,9 +142,15 @@ fn interpreter_session(
     }
 }
 
-/// An artifact runs on the CPU schedule executor, with the weights of the model it was compiled
-/// from (refused when that model no longer matches).
-fn open_artifact(dir: &Path, notes: Vec<String>) -> Result<Session> {
+/// An artifact runs on the GPU megakernel when one is usable, else on the CPU schedule executor,
+/// with the weights of the model it was compiled from (refused when that model no longer
+/// matches). With `--device auto` a GPU that fails to take the model leaves the CPU, with a note.
+fn open_artifact(
+    dir: &Path,
+    gpu: Option<cuda::DeviceInfo>,
+    device: DeviceChoice,
+    mut notes: Vec<String>,
+) -> Result<Session> {
     let art = Artifact::open(dir)?;
     let source = art.manifest.model.source.clone().with_context(|| {
         format!(
@@ -114,6 +166,32 @@ fn open_artifact(dir: &Path, notes: Vec<String>) -> Result<Session> {
             dir.display(),
             source.display()
         );
+    }
+    if let Some(info) = &gpu {
+        match cuda::CudaEngine::from_artifact(
+            info,
+            &art,
+            &model.weights,
+            cuda::LaunchOptions::from_env(),
+        ) {
+            Ok(engine) => {
+                notes.push(format!("running on {}", engine.device()));
+                return Ok(Session {
+                    engine: Box::new(engine),
+                    tokenizer: model.tokenizer,
+                    eos_token_ids: model.eos_token_ids,
+                    name: dir.display().to_string(),
+                    notes,
+                });
+            }
+            Err(e) if device == DeviceChoice::Cuda => {
+                return Err(e.context(format!("opening {} on {}", dir.display(), info.describe())));
+            }
+            Err(e) => notes.push(format!(
+                "the CUDA engine could not take {} ({e:#}); running on the CPU schedule executor",
+                dir.display()
+            )),
+        }
     }
     let program = art
         .program("decode")

@@ -5,13 +5,16 @@
 //!
 //! Inputs `token_ids` i32 [T] and `positions` i32 [T]; state `layers.L.k_cache` / `v_cache`
 //! bf16 [max_context, kv_heads, head_dim]; outputs `logits` [T, vocab] and `next_ids` i32 [T] (argmax).
+//!
+//! [`decode_graph_with`] adds what DFlash verification needs (see [`DecodeOptions`]): the hidden
+//! states of chosen layers as `features`, and the acceptance of a drafted block on the device.
 
 use crate::graph::{Graph, GraphBuilder, GraphError, Value};
 use crate::model::ModelSpec;
 use crate::model::names::{self, LayerWeight};
 use crate::ops::{
-    Add, Argmax, Attention, Embedding, ExpertLinear, KvAppend, Linear, Reshape, RmsNorm, Rope,
-    RouterTopK, SiluMul, WeightedSum,
+    Accept, Add, Argmax, Attention, Concat, Embedding, ExpertLinear, KvAppend, Linear, Reshape,
+    RmsNorm, Rope, RouterTopK, SiluMul, WeightedSum,
 };
 use crate::types::{DType, TensorType};
 
@@ -19,6 +22,24 @@ pub const TOKEN_IDS: &str = "token_ids";
 pub const POSITIONS: &str = "positions";
 pub const LOGITS: &str = "logits";
 pub const NEXT_IDS: &str = "next_ids";
+/// Output of [`DecodeOptions::capture_layers`]: f32 [T, layers * hidden].
+pub const FEATURES: &str = "features";
+/// Outputs of [`DecodeOptions::accept`]: i32 [1] and i32 [T] (see [`Accept`]).
+pub const ACCEPTED: &str = "accepted";
+pub const COMMITTED: &str = "committed";
+
+/// What a step graph computes besides the logits and the greedy ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DecodeOptions {
+    /// Decoder layers whose output becomes the output `features`, concatenated on the feature
+    /// axis in this order: the context a DFlash drafter conditions on. The output is Hugging
+    /// Face's `hidden_states[id + 1]`: the residual stream after the layer's MoE block, except
+    /// for the last layer, whose entry transformers replaces with the final norm's output.
+    pub capture_layers: Vec<usize>,
+    /// Treat the tokens as a drafted block (the last committed token, then drafts) and add the
+    /// [`Accept`] op over them and the greedy ids: outputs `accepted` and `committed`.
+    pub accept: bool,
+}
 
 /// The state name of layer `layer`'s key (`"k"`) or value (`"v"`) cache.
 pub fn cache_name(layer: usize, kv: &str) -> String {
@@ -31,17 +52,43 @@ pub fn decode_graph(
     tokens: usize,
     max_context: usize,
 ) -> Result<Graph, GraphError> {
+    decode_graph_with(spec, tokens, max_context, &DecodeOptions::default())
+}
+
+/// [`decode_graph`] with the additions `options` asks for; with the default options it is the
+/// same graph.
+pub fn decode_graph_with(
+    spec: &ModelSpec,
+    tokens: usize,
+    max_context: usize,
+    options: &DecodeOptions,
+) -> Result<Graph, GraphError> {
     let mut b = ModelGraph {
         b: GraphBuilder::new(format!("{}_t{tokens}", spec.architecture.model_type())),
         spec,
     };
+    if let Some(&bad) = options
+        .capture_layers
+        .iter()
+        .find(|&&l| l >= spec.num_layers)
+    {
+        return Err(GraphError {
+            node: FEATURES.into(),
+            message: format!(
+                "cannot capture layer {bad}: the model has {} layers",
+                spec.num_layers
+            ),
+        });
+    }
     let ids = b.b.input(TOKEN_IDS, TensorType::i32([tokens]))?;
     let positions = b.b.input(POSITIONS, TensorType::i32([tokens]))?;
     let embed = b.weight(names::EMBED, vec![spec.vocab_size, spec.hidden_size], false)?;
     let mut x = b.b.op1("embed_tokens", Embedding {}, &[embed, ids])?;
+    let mut layer_out = Vec::with_capacity(spec.num_layers);
     for layer in 0..spec.num_layers {
         x = b.attention_block(layer, x, positions, max_context)?;
         x = b.moe_block(layer, x)?;
+        layer_out.push(x);
     }
     let norm = b.weight(names::FINAL_NORM, vec![spec.hidden_size], false)?;
     let h = b.b.op1(
@@ -51,6 +98,25 @@ pub fn decode_graph(
         },
         &[x, norm],
     )?;
+    // transformers' `hidden_states[num_layers]` is the final norm's output, not the last
+    // layer's residual stream, and DFlash drafts were trained on `hidden_states[id + 1]`.
+    if let Some(last) = layer_out.last_mut() {
+        *last = h;
+    }
+    // Joined left to right; every id indexes `layer_out`, checked above.
+    let mut features: Option<Value> = None;
+    for (slot, &layer) in options.capture_layers.iter().enumerate() {
+        let v = layer_out[layer];
+        features = Some(match features {
+            None => v,
+            Some(f) => {
+                b.b.op1(&format!("features_{slot}"), Concat { axis: 1 }, &[f, v])?
+            }
+        });
+    }
+    if let Some(f) = features {
+        b.b.output(FEATURES, f)?;
+    }
     let lm_head = b.weight(
         names::LM_HEAD,
         vec![spec.vocab_size, spec.hidden_size],
@@ -60,6 +126,11 @@ pub fn decode_graph(
     let next = b.b.op1("greedy", Argmax {}, &[logits])?;
     b.b.output(LOGITS, logits)?;
     b.b.output(NEXT_IDS, next)?;
+    if options.accept {
+        let acc = b.b.op("accept", Accept {}, &[ids, next])?;
+        b.b.output(ACCEPTED, acc[Accept::ACCEPTED])?;
+        b.b.output(COMMITTED, acc[Accept::COMMITTED])?;
+    }
     b.b.finish()
 }
 
@@ -234,6 +305,49 @@ mod tests {
             assert_eq!(back.to_json(), json);
             assert_eq!(back.node_count(), g.node_count());
         }
+    }
+
+    #[test]
+    fn default_options_build_the_plain_decode_graph() {
+        let spec = ModelSpec::tiny(Architecture::Qwen3Moe);
+        let plain = decode_graph(&spec, 3, 16).unwrap();
+        let with = decode_graph_with(&spec, 3, 16, &DecodeOptions::default()).unwrap();
+        assert_eq!(plain.to_json(), with.to_json());
+        assert!(plain.output(FEATURES).is_none() && plain.output(ACCEPTED).is_none());
+    }
+
+    #[test]
+    fn captured_features_are_joined_in_the_given_order() {
+        let spec = ModelSpec::tiny(Architecture::Qwen3Moe);
+        let options = DecodeOptions {
+            capture_layers: vec![1, 0],
+            accept: true,
+        };
+        let g = decode_graph_with(&spec, 3, 16, &options).unwrap();
+        let f = g.output(FEATURES).unwrap();
+        assert_eq!(g.value_type(f).shape, [3, 2 * spec.hidden_size]);
+        let join = g.node(f.node);
+        let first = g.node(join.inputs[0].node);
+        let second = g.node(join.inputs[1].node);
+        // Layer 1 is the last: its hidden state is the final norm's output, as in transformers.
+        assert_eq!(first.name, "final_norm_out");
+        assert_eq!(second.name, "layers.0.moe_residual");
+        assert_eq!(g.value_type(g.output(COMMITTED).unwrap()).shape, [3]);
+        let err = decode_graph_with(
+            &spec,
+            1,
+            8,
+            &DecodeOptions {
+                capture_layers: vec![2],
+                accept: false,
+            },
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cannot capture layer 2: the model has 2 layers"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod config;
+pub mod dflash;
 pub mod names;
 pub mod random;
 pub mod spec;

@@ -6,7 +6,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
+use mimo_compiler::artifact::Artifact;
+use mimo_runtime::builtin;
+use mimo_runtime::dflash::{open_speculative, speculative_generate};
 use mimo_runtime::generate::{GenerateRequest, generate};
+use mimo_runtime::model::resolve_model;
 use mimo_runtime::sampling::SamplingParams;
 use mimo_runtime::session::{DeviceChoice, Session, open_session};
 use mimo_runtime::tokenizer::StreamDecoder;
@@ -40,7 +44,8 @@ pub struct GenerateArgs {
     /// Where to run: `cuda` needs an NVIDIA GPU and driver, `auto` uses one when present.
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     device: Device,
-    /// Print one JSON object: output_ids, text, tokens_per_second (and logits with --logits).
+    /// Print one JSON object: output_ids, text, tokens_per_second (and logits with --logits;
+    /// accept_lengths and mean_accept, the tokens committed per step, with a draft).
     #[arg(long)]
     json: bool,
     /// With --json: add `logits`, the full-vocabulary logits each new token was chosen from.
@@ -52,6 +57,36 @@ pub struct GenerateArgs {
     /// Print only the generated text (or the JSON): no progress, no statistics.
     #[arg(long, short)]
     quiet: bool,
+    /// Speculative decoding with this DFlash draft (a Hugging Face directory: config.json and
+    /// safetensors). A model.toml can name one instead, in `[speculative]`.
+    #[arg(long, value_name = "PATH")]
+    draft: Option<PathBuf>,
+    /// Tokens per drafted block, the last committed token included (default: the draft's own).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    block_size: Option<u64>,
+}
+
+/// The draft to decode with, from `--draft` or the model.toml's `[speculative]`, and the block
+/// size (`--block-size`, then the model.toml's).
+fn speculative_choice(args: &GenerateArgs) -> Result<Option<(PathBuf, Option<usize>)>> {
+    let block = args.block_size.map(|b| b as usize);
+    let toml = match &args.model {
+        Some(path) if !builtin::is_builtin(path) && !Artifact::is_artifact(path) => {
+            resolve_model(path)
+                .with_context(|| format!("loading {}", path.display()))?
+                .model_toml
+                .and_then(|t| t.speculative)
+        }
+        _ => None,
+    };
+    Ok(match (&args.draft, toml) {
+        (Some(draft), toml) => Some((draft.clone(), block.or(toml.and_then(|t| t.block_size)))),
+        (None, Some(t)) => Some((t.draft, block.or(t.block_size))),
+        (None, None) if block.is_some() => {
+            bail!("--block-size needs a draft: --draft PATH, or [speculative] in a model.toml")
+        }
+        (None, None) => None,
+    })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -76,13 +111,21 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         Device::Cpu => DeviceChoice::Cpu,
         Device::Cuda => DeviceChoice::Cuda,
     };
+    let (session, mut drafter) = match speculative_choice(&args)? {
+        Some((draft, block)) => {
+            let (session, drafter) =
+                open_speculative(args.model.as_deref(), &draft, block, device)?;
+            (session, Some(drafter))
+        }
+        None => (open_session(args.model.as_deref(), device, None)?, None),
+    };
     let Session {
         mut engine,
         tokenizer,
         eos_token_ids,
         name,
         notes,
-    } = open_session(args.model.as_deref(), device, None)?;
+    } = session;
     if !args.quiet {
         for note in &notes {
             eprintln!("note: {note}");
@@ -131,7 +174,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let stream_text = !args.json && tokenizer.is_some();
     let mut stream = StreamDecoder::new(false);
     let mut stdout = std::io::stdout();
-    let output = generate(engine.as_mut(), &req, |id| {
+    let on_token = |id| {
         if stream_text
             && let Some(tok) = &tokenizer
             && let Ok(piece) = stream.push(tok, id)
@@ -140,7 +183,15 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             let _ = stdout.flush();
         }
         ControlFlow::Continue(())
-    })?;
+    };
+    let (output, accept_lengths) = match &mut drafter {
+        Some(drafter) => {
+            let out = speculative_generate(engine.as_mut(), drafter, &req, on_token)?;
+            let mean = out.mean_accept();
+            (out.generation, Some((out.accept_lengths, mean)))
+        }
+        None => (generate(engine.as_mut(), &req, on_token)?, None),
+    };
 
     let text = match &tokenizer {
         Some(tok) => Some(tok.decode(&output.output_ids)?),
@@ -158,6 +209,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         if args.logits {
             doc["logits"] = json!(output.logits);
         }
+        if let Some((lengths, mean)) = &accept_lengths {
+            doc["accept_lengths"] = json!(lengths);
+            doc["mean_accept"] = json!(mean);
+        }
         println!("{doc}");
     } else {
         match (&tokenizer, text) {
@@ -173,8 +228,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             ),
         }
         if !args.quiet {
+            let speculation = match &accept_lengths {
+                Some((lengths, mean)) => {
+                    format!(", {mean:.2} tokens per step over {} steps", lengths.len())
+                }
+                None => String::new(),
+            };
             eprintln!(
-                "{} tokens, {:.1} tokens/s, prompt {:.3} s ({})",
+                "{} tokens, {:.1} tokens/s, prompt {:.3} s{speculation} ({})",
                 output.output_ids.len(),
                 output.tokens_per_second(),
                 output.prefill_seconds,

@@ -1,0 +1,485 @@
+//! The draft's config import, its graph's meaning (a cached multi-step draft equals one pass over
+//! all its context), acceptance on the device, and the tiling of every op of the DFlash graphs.
+
+use std::path::Path;
+
+use super::graph::{ATTN_POSITIONS, CONTEXT, DRAFT_IDS, KV_POSITIONS};
+use super::*;
+use crate::graph::{Graph, NodeKind};
+use crate::interp::{self, F32Weights, StateStore};
+use crate::model::Architecture;
+use crate::model::build::{
+    ACCEPTED, COMMITTED, FEATURES, LOGITS, NEXT_IDS, POSITIONS, TOKEN_IDS, decode_graph,
+};
+use crate::model::random::random_weights;
+use crate::op::{Io, Region};
+use crate::tensor::Tensor;
+use crate::types::TensorType;
+
+fn tiny_qwen3() -> ModelSpec {
+    ModelSpec::tiny(Architecture::Qwen3Moe)
+}
+
+fn tiny_draft() -> DraftSpec {
+    DraftSpec {
+        hidden_size: 64,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 16,
+        intermediate_size: 48,
+        rope_theta: 10_000.0,
+        rms_norm_eps: 1e-6,
+        max_position_embeddings: 128,
+        block_size: 4,
+        target_layer_ids: vec![1, 0],
+        mask_token_id: 96,
+        num_target_layers: Some(2),
+        format: WeightFormat::F32,
+    }
+}
+
+fn weights(draft: &DraftSpec) -> F32Weights {
+    let mut store = random_weights(&tiny_qwen3(), 5).unwrap();
+    for (name, w) in random_draft_weights(draft, 9).unwrap().iter() {
+        store.insert(name, w.clone());
+    }
+    F32Weights::from_store(&store)
+}
+
+fn ids(v: &[i32]) -> Tensor {
+    Tensor::from_i32([v.len()], v.to_vec())
+}
+
+/// Runs the draft over `block` at `start` with context `features` rows at `start - rows ..`.
+fn draft_step(
+    graph: &Graph,
+    w: &F32Weights,
+    state: &mut StateStore,
+    block: &[i32],
+    start: i32,
+    features: Tensor,
+) -> Tensor {
+    let (b, c) = (block.len() as i32, features.shape[0] as i32);
+    let inputs = [
+        (TOKEN_IDS, ids(block)),
+        (POSITIONS, ids(&(start..start + b).collect::<Vec<_>>())),
+        (CONTEXT, features),
+        (
+            KV_POSITIONS,
+            ids(&(start - c..start + b).collect::<Vec<_>>()),
+        ),
+        (ATTN_POSITIONS, ids(&vec![start + b - 1; block.len()])),
+    ];
+    let mut out = interp::run(graph, w, state, &inputs).unwrap();
+    assert_eq!(out[DRAFT_IDS].shape, [block.len()]);
+    out.remove(LOGITS).unwrap()
+}
+
+fn random_rows(rows: usize, cols: usize, seed: u64) -> Tensor {
+    let mut rng = crate::math::Rng::new(seed);
+    Tensor::from_f32(
+        [rows, cols],
+        (0..rows * cols).map(|_| rng.normal(1.0)).collect(),
+    )
+}
+
+fn rows(t: &Tensor, range: std::ops::Range<usize>) -> Tensor {
+    let cols = t.shape[1];
+    Tensor::from_f32(
+        [range.len(), cols],
+        t.f32()[range.start * cols..range.end * cols].to_vec(),
+    )
+}
+
+#[test]
+fn cached_context_equals_one_pass_over_all_of_it() {
+    // Step 1 sees context rows 0..5 and drafts at 5..9; step 2 sees rows 5..7 (two committed
+    // tokens) and drafts at 7..11. Step 2 must equal a fresh pass with all 7 rows at once: the
+    // cache keeps exactly the context, and step 1's block rows leave no trace.
+    let (d, target) = (tiny_draft(), tiny_qwen3());
+    let w = weights(&d);
+    let feats = random_rows(7, d.feature_dim(), 3);
+    let block2 = [11, 96, 96, 96];
+    let g = |c| draft_graph(&d, &target, 4, c, 32).unwrap();
+    let mut state = StateStore::new();
+    draft_step(
+        &g(5),
+        &w,
+        &mut state,
+        &[4, 96, 96, 96],
+        5,
+        rows(&feats, 0..5),
+    );
+    let cached = draft_step(&g(2), &w, &mut state, &block2, 7, rows(&feats, 5..7));
+    let fresh = draft_step(&g(7), &w, &mut StateStore::new(), &block2, 7, feats);
+    assert_eq!(cached.f32(), fresh.f32());
+}
+
+#[test]
+fn the_block_attends_both_ways() {
+    // Non-causal: changing the block's last token changes the logits of its first rows.
+    let (d, target) = (tiny_draft(), tiny_qwen3());
+    let w = weights(&d);
+    let g = draft_graph(&d, &target, 4, 3, 32).unwrap();
+    let feats = random_rows(3, d.feature_dim(), 4);
+    let a = draft_step(
+        &g,
+        &w,
+        &mut StateStore::new(),
+        &[4, 96, 96, 96],
+        3,
+        feats.clone(),
+    );
+    let b = draft_step(&g, &w, &mut StateStore::new(), &[4, 96, 96, 7], 3, feats);
+    let vocab = target.vocab_size;
+    assert_ne!(a.f32()[..vocab], b.f32()[..vocab]);
+}
+
+#[test]
+fn verify_graph_adds_features_and_acceptance_to_the_decode_step() {
+    let spec = tiny_qwen3();
+    let w = F32Weights::from_store(&random_weights(&spec, 5).unwrap());
+    let verify = verify_graph(&spec, 4, 16, &[1, 0]).unwrap();
+    let plain = decode_graph(&spec, 4, 16).unwrap();
+    let run = |g: &Graph, block: &[i32]| {
+        let inputs = [(TOKEN_IDS, ids(block)), (POSITIONS, ids(&[3, 4, 5, 6]))];
+        interp::run(g, &w, &mut StateStore::new(), &inputs).unwrap()
+    };
+    let first = run(&plain, &[5, 17, 2, 9])[NEXT_IDS].i32()[0];
+    // The first draft is the target's own choice after token 5, so at least it is accepted.
+    let block = [5, first, 3, 3];
+    let out = run(&verify, &block);
+    let greedy = run(&plain, &block);
+    assert_eq!(out[LOGITS], greedy[LOGITS]);
+    let accepted = out[ACCEPTED].i32()[0] as usize;
+    let post = greedy[NEXT_IDS].i32();
+    assert!(accepted >= 1);
+    assert_eq!(accepted, crate::ops::Accept::accepted(&block, post));
+    assert_eq!(out[COMMITTED].i32()[..=accepted], post[..=accepted]);
+    assert_eq!(out[FEATURES].shape, [4, 2 * spec.hidden_size]);
+}
+
+#[test]
+fn draft_graph_refuses_a_draft_for_another_target() {
+    let mut d = tiny_draft();
+    d.target_layer_ids = vec![0, 2];
+    let err = draft_graph(&d, &tiny_qwen3(), 4, 1, 16).unwrap_err();
+    assert!(err.to_string().contains("target_layer_ids has 2"), "{err}");
+    d = tiny_draft();
+    d.hidden_size = 32;
+    let err = draft_graph(&d, &tiny_qwen3(), 4, 1, 16).unwrap_err();
+    assert!(err.to_string().contains("hidden_size 32 differs"), "{err}");
+}
+
+#[test]
+fn default_target_layer_ids_follow_the_reference() {
+    assert_eq!(default_target_layer_ids(36, 5), [1, 9, 17, 25, 33]);
+    assert_eq!(default_target_layer_ids(48, 5), [1, 12, 23, 34, 45]);
+    assert_eq!(default_target_layer_ids(64, 5), [1, 16, 31, 46, 61]);
+    assert_eq!(default_target_layer_ids(28, 1), [14]);
+    // 1 + 3 * 27 / 6 = 14.5 rounds to even.
+    assert_eq!(default_target_layer_ids(31, 7)[3], 14);
+}
+
+/// A config shaped like z-lab's `Qwen3-8B-DFlash-b16/config.json` (sizes shrunk).
+const ZLAB_STYLE: &str = r#"{
+  "architectures": ["DFlashDraftModel"],
+  "attention_bias": false,
+  "auto_map": {"AutoModel": "dflash.DFlashDraftModel"},
+  "block_size": 16,
+  "dflash_config": {"mask_token_id": 151669, "target_layer_ids": [1, 9, 17, 25, 33]},
+  "dtype": "bfloat16",
+  "head_dim": 128,
+  "hidden_act": "silu",
+  "hidden_size": 4096,
+  "intermediate_size": 12288,
+  "layer_types": ["full_attention", "full_attention", "full_attention", "full_attention", "full_attention"],
+  "max_position_embeddings": 40960,
+  "model_type": "qwen3",
+  "num_attention_heads": 32,
+  "num_hidden_layers": 5,
+  "num_key_value_heads": 8,
+  "num_target_layers": 36,
+  "rms_norm_eps": 1e-06,
+  "rope_scaling": null,
+  "rope_theta": 1000000,
+  "sliding_window": null,
+  "tie_word_embeddings": false,
+  "use_sliding_window": false,
+  "vocab_size": 151936
+}"#;
+
+fn parse(text: &str) -> Result<DraftSpec, String> {
+    DraftSpec::from_hf_config(text, Path::new("draft/config.json")).map_err(|e| e.to_string())
+}
+
+fn edit(f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(ZLAB_STYLE).unwrap();
+    f(v.as_object_mut().unwrap());
+    v.to_string()
+}
+
+#[test]
+fn reads_real_draft_configs() {
+    let d = parse(ZLAB_STYLE).unwrap();
+    assert_eq!(
+        (d.hidden_size, d.num_layers, d.num_heads, d.num_kv_heads),
+        (4096, 5, 32, 8)
+    );
+    assert_eq!(
+        (d.head_dim, d.intermediate_size, d.block_size),
+        (128, 12288, 16)
+    );
+    assert_eq!(d.target_layer_ids, [1, 9, 17, 25, 33]);
+    assert_eq!((d.mask_token_id, d.num_target_layers), (151669, Some(36)));
+    assert_eq!((d.rope_theta, d.format), (1e6, WeightFormat::Bf16));
+    // Top-level keys (some third-party drafts), 5.x rope_parameters, derived layer ids.
+    let flat = edit(|m| {
+        m.remove("dflash_config");
+        m.insert("mask_token_id".into(), 7.into());
+        m.insert("block_size".into(), 8.into());
+        m.remove("rope_theta");
+        m.insert(
+            "rope_parameters".into(),
+            serde_json::json!({"rope_theta": 5e5, "rope_type": "default"}),
+        );
+    });
+    let d = parse(&flat).unwrap();
+    assert_eq!((d.mask_token_id, d.block_size, d.rope_theta), (7, 8, 5e5));
+    assert_eq!(d.target_layer_ids, [1, 9, 17, 25, 33]);
+}
+
+#[test]
+fn refuses_what_it_does_not_implement_by_name() {
+    let set = |key: &str, v: serde_json::Value| {
+        edit(|m| {
+            m.insert(key.into(), v);
+        })
+    };
+    let json = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap();
+    let cases = [
+        (
+            set("layer_types", json(r#"["sliding_attention"]"#)),
+            "field `layer_types`: unsupported",
+        ),
+        (
+            set("architectures", json(r#"["DFlash2DraftModel"]"#)),
+            "`DFlash2DraftModel`",
+        ),
+        (
+            set(
+                "dflash_config",
+                json(r#"{"mask_token_id": 1, "target_layer_ids": [1], "output_multiplier": 0.2}"#),
+            ),
+            "field `dflash_config.output_multiplier`",
+        ),
+        (
+            set("model_type", "llama".into()),
+            "field `model_type`: unsupported",
+        ),
+        (set("is_causal", true.into()), "field `is_causal`"),
+        (
+            set("dflash_config", json(r#"{"target_layer_ids": [1]}"#)),
+            "field `dflash_config.mask_token_id`: missing",
+        ),
+        (
+            set("hidden_size", "big".into()),
+            "field `hidden_size`: expected a positive integer",
+        ),
+        ("{".to_string(), "draft/config.json: malformed JSON"),
+    ];
+    for (text, want) in cases {
+        let err = parse(&text).unwrap_err();
+        assert!(err.contains(want), "{err}\n  should contain: {want}");
+        assert!(err.starts_with("draft/config.json"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+}
+
+// --- tiling: the same property `op.rs` checks for the decode graph, over the DFlash graphs ---
+
+fn in_region(shape: &[usize], region: &Region, flat: usize) -> bool {
+    let mut rem = flat;
+    let mut inside = true;
+    for (axis, &d) in shape.iter().enumerate().rev() {
+        inside &= region[axis].contains(&(rem % d));
+        rem /= d;
+    }
+    inside
+}
+
+fn poison_outside(t: &Tensor, regions: &[&Region]) -> Tensor {
+    let mut t = t.clone();
+    if t.is_i32() {
+        return t;
+    }
+    let shape = t.shape.clone();
+    for (i, v) in t.f32_mut().iter_mut().enumerate() {
+        if !regions.iter().any(|r| in_region(&shape, r, i)) {
+            *v = f32::NAN;
+        }
+    }
+    t
+}
+
+/// Every value of `graph`, with whole-op references and random starting state.
+fn evaluate_all(graph: &Graph, w: &F32Weights, inputs: &[(&str, Tensor)]) -> Vec<Vec<Tensor>> {
+    let mut rng = crate::math::Rng::new(11);
+    let mut values: Vec<Vec<Tensor>> = vec![Vec::new(); graph.node_count()];
+    for &idx in graph.topo_order() {
+        let node = graph.node(idx);
+        values[idx.index()] = match &node.kind {
+            NodeKind::Input => vec![
+                inputs
+                    .iter()
+                    .find(|(n, _)| *n == node.name)
+                    .unwrap()
+                    .1
+                    .clone(),
+            ],
+            NodeKind::Weight => vec![(**w.get(&node.name).unwrap()).clone()],
+            NodeKind::State => {
+                let n = node.outputs[0].numel();
+                vec![Tensor::from_f32(
+                    node.outputs[0].shape.clone(),
+                    (0..n).map(|_| rng.normal(1.0)).collect(),
+                )]
+            }
+            NodeKind::Op(op) => {
+                let operands: Vec<&Tensor> = node
+                    .inputs
+                    .iter()
+                    .map(|v| &values[v.node.index()][v.output])
+                    .collect();
+                let mut outs: Vec<Tensor> = node.outputs.iter().map(Tensor::zeros).collect();
+                for &(o, i) in op.in_place() {
+                    outs[o] = operands[i].clone();
+                }
+                let types: Vec<TensorType> = node
+                    .inputs
+                    .iter()
+                    .map(|v| graph.value_type(*v).clone())
+                    .collect();
+                let units = op.work_units(Io {
+                    inputs: &types,
+                    outputs: &node.outputs,
+                });
+                op.reference(&operands, &mut outs, 0..units);
+                outs
+            }
+        };
+    }
+    values
+}
+
+/// Computes every op tile by tile, each tile seeing only the operand regions it declares, and
+/// requires the whole-op result, with every result element written by exactly one tile.
+fn check_graph_tiling(graph: &Graph, w: &F32Weights, inputs: &[(&str, Tensor)]) {
+    let values = evaluate_all(graph, w, inputs);
+    for &idx in graph.topo_order() {
+        let node = graph.node(idx);
+        let Some(op) = node.op() else { continue };
+        let types: Vec<TensorType> = node
+            .inputs
+            .iter()
+            .map(|v| graph.value_type(*v).clone())
+            .collect();
+        let io = Io {
+            inputs: &types,
+            outputs: &node.outputs,
+        };
+        let units = op.work_units(io);
+        let operands: Vec<&Tensor> = node
+            .inputs
+            .iter()
+            .map(|v| &values[v.node.index()][v.output])
+            .collect();
+        for tile in [1, 2, 3, 5] {
+            let mut covered: Vec<Vec<u8>> =
+                node.outputs.iter().map(|t| vec![0; t.numel()]).collect();
+            for start in (0..units).step_by(tile) {
+                let range = start..(start + tile).min(units);
+                let access = op.access(io, range.clone());
+                let masked: Vec<Tensor> = operands
+                    .iter()
+                    .enumerate()
+                    .map(|(slot, t)| {
+                        let regions: Vec<&Region> = access
+                            .reads
+                            .iter()
+                            .filter(|(s, _)| *s == slot)
+                            .map(|(_, r)| r)
+                            .collect();
+                        poison_outside(t, &regions)
+                    })
+                    .collect();
+                let mut outs: Vec<Tensor> = node
+                    .outputs
+                    .iter()
+                    .map(|t| poison_outside(&Tensor::zeros(t), &[]))
+                    .collect();
+                for &(o, i) in op.in_place() {
+                    outs[o] = operands[i].clone();
+                }
+                let empty = Tensor::empty();
+                let mut refs: Vec<&Tensor> = masked.iter().collect();
+                for &(_, i) in op.in_place() {
+                    refs[i] = &empty;
+                }
+                op.reference(&refs, &mut outs, range.clone());
+                for (out, region) in &access.writes {
+                    let shape = &node.outputs[*out].shape;
+                    let (got, want) = (&outs[*out], &values[idx.index()][*out]);
+                    for (i, count) in covered[*out].iter_mut().enumerate() {
+                        if in_region(shape, region, i) {
+                            *count += 1;
+                            let same = match got.is_i32() {
+                                true => got.i32()[i] == want.i32()[i],
+                                false => got.f32()[i].to_bits() == want.f32()[i].to_bits(),
+                            };
+                            assert!(
+                                same,
+                                "{}: result {out}: tile {range:?} of {tile} differs at {i}",
+                                node.name
+                            );
+                        }
+                    }
+                }
+            }
+            for (out, c) in covered.iter().enumerate() {
+                assert!(
+                    c.iter().all(|&n| n == 1),
+                    "{}: result {out} not covered exactly once by tiles of {tile}",
+                    node.name
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_op_of_the_dflash_graphs_tiles_as_it_declares() {
+    let (d, target) = (tiny_draft(), tiny_qwen3());
+    let w = weights(&d);
+    let verify = verify_graph(&target, 4, 12, &[1, 0]).unwrap();
+    let inputs = [
+        (TOKEN_IDS, ids(&[5, 17, 96, 3])),
+        (POSITIONS, ids(&[7, 8, 9, 10])),
+    ];
+    check_graph_tiling(&verify, &w, &inputs);
+    let draft = draft_graph(&d, &target, 4, 3, 12).unwrap();
+    let inputs = [
+        (TOKEN_IDS, ids(&[5, 96, 96, 96])),
+        (POSITIONS, ids(&[7, 8, 9, 10])),
+        (CONTEXT, random_rows(3, d.feature_dim(), 8)),
+        (KV_POSITIONS, ids(&[4, 5, 6, 7, 8, 9, 10])),
+        (ATTN_POSITIONS, ids(&[10; 4])),
+    ];
+    check_graph_tiling(&draft, &w, &inputs);
+    // Both graphs survive the JSON round trip that artifacts rely on.
+    for g in [&verify, &draft] {
+        let json = g.to_json();
+        assert_eq!(Graph::from_json(&json).unwrap().to_json(), json);
+    }
+}

@@ -1,0 +1,69 @@
+//! The megakernel on an NVIDIA GPU, through `cudarc` (driver API and NVRTC, both loaded at run
+//! time, so this builds and runs, on the CPU, where no CUDA is installed).
+//!
+//! - [`probe`]: is a driver and a GPU usable; the device's name, SMs, memory, architecture;
+//! - [`upload`]: weights to the device exactly as stored ([`mimo_ir::weights::WeightData`]), in
+//!   the layout `templates/common/weights.cuh` reads through `WeightRef`;
+//! - [`launch`]: [`Megakernel`], one compiled program on the device: its tables, arena, KV state
+//!   and event counters, one kernel launch per step, diagnostics turned into errors;
+//! - [`engine`]: [`CudaEngine`], the [`crate::engine::Engine`] over a decode program, and
+//!   [`compile_in_memory`], a model compiled without an artifact directory.
+//!
+//! **Never a panic, never a hang.** cudarc panics when a library or symbol is missing, so every
+//! first call into it goes through [`guarded`] and [`probe::probe`] checks for the driver before
+//! anything else. The kernel bounds every wait (`templates/common/sync.cuh`); the host polls each
+//! step's completion against its own deadline too, so even a kernel that never returns becomes an
+//! error rather than a hung process.
+
+pub mod engine;
+pub mod launch;
+pub mod probe;
+pub mod upload;
+
+use std::panic::{self, AssertUnwindSafe};
+
+use anyhow::{Result, anyhow};
+use cudarc::driver::DriverError;
+
+pub use engine::{CudaEngine, DecodeTiming, KernelImage, compile_graph, compile_in_memory};
+pub use launch::{LaunchOptions, Megakernel};
+pub use probe::{DeviceInfo, probe};
+
+/// Runs `f`, turning a panic inside cudarc (a missing library or symbol) into an error naming
+/// `what`.
+pub fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
+    panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        anyhow!(
+            "{what}: the CUDA library failed: {}",
+            message.lines().next().unwrap_or_default()
+        )
+    })
+}
+
+/// A driver error as one line: `what failed: CUDA_ERROR_NAME (description)`.
+pub fn driver_error(what: &str, e: DriverError) -> anyhow::Error {
+    anyhow!("{what} failed: {}", error_name(e))
+}
+
+/// `CUDA_ERROR_NAME (description)`, without panicking when the driver cannot name it.
+pub fn error_name(e: DriverError) -> String {
+    let name = e
+        .error_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| format!("{:?}", e.0));
+    match e.error_string() {
+        Ok(s) => format!("{name} ({})", s.to_string_lossy()),
+        Err(_) => name,
+    }
+}
+
+/// Calls a cudarc function that returns a driver result, guarded against panics, with the error
+/// naming `what`.
+pub fn call<T>(what: &str, f: impl FnOnce() -> Result<T, DriverError>) -> Result<T> {
+    guarded(what, f)?.map_err(|e| driver_error(what, e))
+}

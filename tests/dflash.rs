@@ -1,0 +1,311 @@
+//! DFlash speculative decoding end to end: the draft's forward pass against the Python reference
+//! of `tests/fixtures/dflash/` (written from REFERENCE.md §3), and `mimo generate --draft` /
+//! `[speculative]` giving exactly the tokens of plain greedy decoding.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use common::{ids, mimo, mimo_json, read_json, rel_l2, rows};
+use half::bf16;
+use mimo_ir::interp::F32Weights;
+use mimo_ir::model::dflash::{DraftSpec, draft_weights, random_draft_weights};
+use mimo_runtime::dflash::{DFlashDrafter, DraftContext};
+use mimo_runtime::draft::load_draft;
+use mimo_runtime::engine::{CpuEngine, Engine};
+use mimo_runtime::load_model;
+use serde_json::json;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dflash")
+}
+
+fn flat(v: &serde_json::Value) -> Vec<f64> {
+    rows(v).concat()
+}
+
+fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+#[test]
+fn draft_forward_matches_the_python_reference() {
+    let dir = fixtures();
+    let expected = read_json(&dir.join("expected.json"));
+    let target = load_model(&dir.join("../hf/qwen3_moe_a"), &|_, _| {}).unwrap();
+    let draft = load_draft(&dir.join("qwen3_moe_a_draft"), &target.spec).unwrap();
+    assert_eq!(draft.spec.target_layer_ids, [1, 0]);
+    assert_eq!((draft.spec.block_size, draft.spec.mask_token_id), (8, 300));
+    let mut store = target.weights;
+    for (name, w) in draft.weights.iter() {
+        store.insert(name, w.clone());
+    }
+    let weights = Arc::new(F32Weights::from_store(&store));
+    let mut engine = CpuEngine::with_shared_weights(target.spec.clone(), weights.clone(), 256);
+    let mut drafter =
+        DFlashDrafter::new(draft.spec.clone(), &target.spec, weights, 256, None).unwrap();
+    engine
+        .set_capture_layers(&draft.spec.target_layer_ids)
+        .unwrap();
+
+    // The target's captured features of the prompt equal HF's hidden_states[id + 1].
+    let prompt: Vec<u32> = ids(&expected["prompt_ids"])
+        .iter()
+        .map(|&t| t as u32)
+        .collect();
+    let n = prompt.len();
+    let positions: Vec<usize> = (0..n).collect();
+    let step = engine.step(&prompt, &positions, false).unwrap();
+    let features = step.features.unwrap();
+    let err = rel_l2(&f64s(&features), &flat(&expected["prompt_features"]));
+    assert!(err <= 1e-4, "prompt features: rel L2 {err:.2e}");
+
+    let steps = expected["steps"].as_array().unwrap();
+    let check = |drafter: &mut DFlashDrafter, step: &serde_json::Value, features: &[f32]| {
+        let tokens: Vec<u32> = ids(&step["tokens"]).iter().map(|&t| t as u32).collect();
+        let ctx = DraftContext {
+            tokens: &tokens,
+            features,
+            count: 7,
+        };
+        let (drafts, logits) = drafter.propose_with_logits(&ctx).unwrap();
+        let err = rel_l2(&f64s(&logits), &flat(&step["draft_logits"]));
+        assert!(err <= 1e-4, "draft logits: rel L2 {err:.2e}");
+        let want: Vec<u32> = ids(&step["draft_ids"]).iter().map(|&t| t as u32).collect();
+        assert_eq!(drafts, want);
+        drafts
+    };
+    // Step 1: the prompt is the context.
+    let drafts = check(&mut drafter, &steps[0], &features);
+    // Step 2: the target verified the block and accepted two drafts; the three committed rows
+    // (captured by the target's verify step) are the new context, on top of the draft's cache.
+    let first = ids(&steps[0]["tokens"])[n] as u32;
+    let verified = [first, drafts[0], drafts[1]];
+    let positions: Vec<usize> = (n..n + 3).collect();
+    let step = engine.step(&verified, &positions, false).unwrap();
+    let features = step.features.unwrap();
+    let err = rel_l2(&f64s(&features), &flat(&expected["step2_context_features"]));
+    assert!(err <= 1e-4, "verify features: rel L2 {err:.2e}");
+    check(&mut drafter, &steps[1], &features);
+}
+
+/// A random two-layer DFlash draft for the built-in model, written as a Hugging Face checkpoint
+/// (bf16, z-lab's tensor names and config layout).
+fn write_builtin_draft(dir: &Path) {
+    let spec = DraftSpec {
+        hidden_size: 256,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 32,
+        intermediate_size: 256,
+        rope_theta: 1e6,
+        rms_norm_eps: 1e-6,
+        max_position_embeddings: 4096,
+        block_size: 16,
+        target_layer_ids: vec![1, 2],
+        mask_token_id: 297,
+        num_target_layers: Some(4),
+        format: mimo_ir::formats::WeightFormat::Bf16,
+    };
+    let store = random_draft_weights(&spec, 23).unwrap();
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = draft_weights(&spec)
+        .into_iter()
+        .map(|w| {
+            let bytes = store
+                .get(&w.name)
+                .unwrap()
+                .to_f32()
+                .iter()
+                .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+                .collect();
+            (w.checkpoint_name, w.shape, bytes)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(name, shape, bytes)| {
+            let view = safetensors::tensor::TensorView::new(
+                safetensors::Dtype::BF16,
+                shape.clone(),
+                bytes,
+            )
+            .unwrap();
+            (name.clone(), view)
+        })
+        .collect();
+    std::fs::create_dir_all(dir).unwrap();
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+    let config = json!({
+        "architectures": ["DFlashDraftModel"],
+        "auto_map": {"AutoModel": "dflash.DFlashDraftModel"},
+        "block_size": spec.block_size,
+        "dflash_config": {"mask_token_id": spec.mask_token_id, "target_layer_ids": spec.target_layer_ids},
+        "dtype": "bfloat16",
+        "head_dim": spec.head_dim,
+        "hidden_act": "silu",
+        "hidden_size": spec.hidden_size,
+        "intermediate_size": spec.intermediate_size,
+        "layer_types": ["full_attention", "full_attention"],
+        "max_position_embeddings": 4096,
+        "model_type": "qwen3",
+        "num_attention_heads": spec.num_heads,
+        "num_hidden_layers": spec.num_layers,
+        "num_key_value_heads": spec.num_kv_heads,
+        "num_target_layers": 4,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1e6,
+        "vocab_size": 300,
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+}
+
+fn generate_args<'a>(extra: &[&'a str], new: &'a str) -> Vec<&'a str> {
+    let mut args = vec![
+        "generate",
+        "--prompt-ids",
+        "12,40,7,199,64,3,88",
+        "--max-new-tokens",
+        new,
+        "--ignore-eos",
+        "--device",
+        "cpu",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+#[test]
+fn cli_greedy_with_a_random_draft_equals_plain_decoding_for_256_tokens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let draft = tmp.path().join("draft");
+    write_builtin_draft(&draft);
+    let plain = mimo_json(&generate_args(&[], "256"));
+    let d = draft.to_str().unwrap();
+    let spec = mimo_json(&generate_args(&["--draft", d, "--block-size", "8"], "256"));
+    assert_eq!(ids(&spec["output_ids"]), ids(&plain["output_ids"]));
+    assert_eq!(ids(&plain["output_ids"]).len(), 256);
+    let lengths = ids(&spec["accept_lengths"]);
+    assert_eq!(lengths.iter().sum::<u64>(), 255);
+    assert!(lengths.iter().all(|&a| (1..=8).contains(&a)), "{lengths:?}");
+    let mean = spec["mean_accept"].as_f64().unwrap();
+    assert!((mean - 255.0 / lengths.len() as f64).abs() < 1e-9);
+    assert!(plain.get("accept_lengths").is_none());
+}
+
+#[test]
+fn cli_model_toml_speculative_section_is_lossless() {
+    let dir = fixtures();
+    let hf = read_json(&dir.join("../hf/qwen3_moe_a/expected.json"));
+    let prompt: Vec<String> = ids(&hf["prompt_ids"]).iter().map(u64::to_string).collect();
+    let prompt = prompt.join(",");
+    let run = |model: &Path| {
+        mimo_json(&[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt-ids",
+            &prompt,
+            "--max-new-tokens",
+            "200",
+            "--ignore-eos",
+            "--device",
+            "cpu",
+            "--json",
+            "--logits",
+        ])
+    };
+    let plain = run(&dir.join("../hf/qwen3_moe_a"));
+    let spec = run(&dir.join("model.toml"));
+    let got = ids(&spec["output_ids"]);
+    assert_eq!(got, ids(&plain["output_ids"]));
+    assert_eq!(got[..16], ids(&hf["greedy_ids"])[..]);
+    assert_eq!(rows(&spec["logits"]), rows(&plain["logits"]));
+    let lengths = ids(&spec["accept_lengths"]);
+    assert_eq!(lengths.iter().sum::<u64>(), 199);
+    assert!(lengths.iter().all(|&a| (1..=4).contains(&a)), "{lengths:?}");
+}
+
+#[test]
+fn cli_sampling_with_a_draft_is_seeded() {
+    let dir = fixtures();
+    let model = dir.join("model.toml");
+    let run = |seed: &str| {
+        let args = [
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt-ids",
+            "5,6,7",
+            "--max-new-tokens",
+            "24",
+            "--temperature",
+            "0.9",
+            "--seed",
+            seed,
+            "--device",
+            "cpu",
+            "--json",
+            "--ignore-eos",
+        ];
+        ids(&mimo_json(&args)["output_ids"])
+    };
+    assert_eq!(run("3"), run("3"));
+    assert_ne!(run("3"), run("4"));
+}
+
+fn fails_with(args: &[&str], want: &str) {
+    let out = mimo(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert!(
+        stderr.contains(want),
+        "{args:?}: {stderr}\n  should contain: {want}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn cli_bad_drafts_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    fails_with(
+        &generate_args(&["--block-size", "4"], "4"),
+        "--block-size needs a draft",
+    );
+    // A draft for another target: its hidden size does not match the built-in model's.
+    let other = fixtures().join("qwen3_moe_a_draft");
+    fails_with(
+        &generate_args(&["--draft", other.to_str().unwrap()], "4"),
+        "config.json: does not fit the target model: hidden_size 64 differs from the target's 256",
+    );
+    // A missing tensor is named.
+    let draft = tmp.path().join("draft");
+    write_builtin_draft(&draft);
+    let path = draft.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| n != "layers.1.mlp.down_proj.weight")
+        .collect();
+    let broken = tmp.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::copy(draft.join("config.json"), broken.join("config.json")).unwrap();
+    safetensors::serialize_to_file(kept, None, &broken.join("model.safetensors")).unwrap();
+    fails_with(
+        &generate_args(&["--draft", broken.to_str().unwrap()], "4"),
+        "missing tensor `layers.1.mlp.down_proj.weight`",
+    );
+    // An unsupported draft variant is refused by field.
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(draft.join("config.json")).unwrap()).unwrap();
+    config["layer_types"] = json!(["sliding_attention", "sliding_attention"]);
+    std::fs::write(broken.join("config.json"), config.to_string()).unwrap();
+    fails_with(
+        &generate_args(&["--draft", broken.to_str().unwrap()], "4"),
+        "field `layer_types`: unsupported",
+    );
+}
