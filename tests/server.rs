@@ -693,6 +693,46 @@ fn serves_a_hugging_face_directory() {
     assert_eq!(models["data"][0]["id"], dir.to_str().unwrap());
 }
 
+/// With a DFlash draft (from the model.toml's `[speculative]`) the server's greedy output is the
+/// target's own, and `/metrics` reports the acceptance.
+#[test]
+fn serves_speculatively_with_a_draft() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let plain = Server::start(&["--model", fixtures.join("hf/qwen3_moe_a").to_str().unwrap()]);
+    let spec = Server::start(&[
+        "--model",
+        fixtures.join("dflash/model.toml").to_str().unwrap(),
+    ]);
+    let body = completion_body(json!({"max_tokens": 40, "ignore_eos": true}));
+    let (status, want) = plain.post("/v1/completions", &body);
+    assert_eq!(status, 200, "{want}");
+    let (status, got) = spec.post("/v1/completions", &body);
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(check_response(&got, false), check_response(&want, false));
+    let streamed = spec.stream(
+        "/v1/completions",
+        &merge_into(body, json!({"stream": true})),
+    );
+    assert_eq!(
+        check_stream(&streamed, false).0,
+        check_response(&want, false)
+    );
+    let steps = spec.metric("mimo_dflash_verify_steps_total");
+    let mean = spec.metric("mimo_dflash_mean_acceptance");
+    assert!(steps >= 1.0, "no verify step counted");
+    // 80 tokens, the first of each request from the prompt step: 78 committed by verify steps.
+    assert!(
+        (mean * steps - 78.0).abs() < 1e-6 && (1.0..=4.0).contains(&mean),
+        "mean acceptance {mean} over {steps} steps"
+    );
+    assert_eq!(plain.metric("mimo_dflash_verify_steps_total"), 0.0);
+}
+
+fn merge_into(mut body: Value, extra: Value) -> Value {
+    merge(&mut body, extra);
+    body
+}
+
 /// 64 concurrent clients x 20 requests (chat and completions, streaming and not): every response
 /// well-formed, none 5xx (nor 429: the queue holds every waiting client).
 #[test]

@@ -28,6 +28,9 @@ pub struct Metrics {
     cancelled: AtomicU64,
     /// f64 bits: the decode speed of the latest request that had decode steps.
     tokens_per_second: AtomicU64,
+    /// DFlash: verify steps run, and the tokens they committed (accepted drafts plus the bonus).
+    verify_steps: AtomicU64,
+    verify_committed: AtomicU64,
     step_latency: Histogram,
     time_to_first_token: Histogram,
 }
@@ -42,6 +45,8 @@ impl Default for Metrics {
             running: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             tokens_per_second: AtomicU64::new(0f64.to_bits()),
+            verify_steps: AtomicU64::new(0),
+            verify_committed: AtomicU64::new(0),
             step_latency: Histogram::new(STEP_BUCKETS),
             time_to_first_token: Histogram::new(TTFT_BUCKETS),
         }
@@ -79,6 +84,23 @@ impl Metrics {
     pub fn set_tokens_per_second(&self, rate: f64) {
         self.tokens_per_second
             .store(rate.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The tokens committed by each verify step of a speculative generation.
+    pub fn add_accept_lengths(&self, lengths: &[usize]) {
+        let committed: usize = lengths.iter().sum();
+        self.verify_steps
+            .fetch_add(lengths.len() as u64, Ordering::Relaxed);
+        self.verify_committed
+            .fetch_add(committed as u64, Ordering::Relaxed);
+    }
+
+    /// Mean tokens per verify step since the start (DFlash's tau); 0 before any.
+    fn mean_acceptance(&self) -> f64 {
+        match self.verify_steps.load(Ordering::Relaxed) {
+            0 => 0.0,
+            steps => self.verify_committed.load(Ordering::Relaxed) as f64 / steps as f64,
+        }
     }
 
     pub fn observe_step(&self, d: Duration) {
@@ -122,6 +144,11 @@ impl Metrics {
                 "Requests whose client disconnected before they finished; their work was stopped.",
                 &self.cancelled,
             ),
+            (
+                "mimo_dflash_verify_steps_total",
+                "DFlash verify steps (one block drafted and verified); 0 without a draft.",
+                &self.verify_steps,
+            ),
         ];
         for (name, help, value) in counters {
             header(&mut out, name, "counter", help);
@@ -145,8 +172,8 @@ impl Metrics {
             ),
             (
                 "mimo_dflash_mean_acceptance",
-                "Mean accepted tokens per DFlash verify step; always 0 until speculative decoding exists.",
-                0.0,
+                "Mean tokens committed per DFlash verify step (accepted drafts plus the bonus) since the start; 0 without a draft.",
+                self.mean_acceptance(),
             ),
         ];
         for (name, help, value) in gauges {
@@ -235,12 +262,25 @@ mod tests {
         m.observe_step(Duration::from_millis(3));
         m.observe_step(Duration::from_secs(9));
         let text = m.render();
+        m.add_accept_lengths(&[16, 1, 4]);
+        m.add_accept_lengths(&[3]);
+        let after = m.render();
+        for line in [
+            "mimo_dflash_mean_acceptance 6",
+            "mimo_dflash_verify_steps_total 4",
+        ] {
+            assert!(
+                after.lines().any(|l| l == line),
+                "missing `{line}` in\n{after}"
+            );
+        }
         for line in [
             "mimo_requests_total{status=\"200\"} 2",
             "mimo_requests_total{status=\"400\"} 1",
             "mimo_generated_tokens_total 5",
             "mimo_queue_depth 3",
             "mimo_dflash_mean_acceptance 0",
+            "mimo_dflash_verify_steps_total 0",
             "mimo_step_latency_seconds_bucket{le=\"0.002\"} 0",
             "mimo_step_latency_seconds_bucket{le=\"0.005\"} 1",
             "mimo_step_latency_seconds_bucket{le=\"+Inf\"} 2",

@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+use crate::dflash::Drafter;
 use crate::session::Session;
 use crate::tokenizer::Tokenizer;
 use chat::{ChatTemplate, ModelInfo};
@@ -91,10 +92,12 @@ pub struct AppState {
     pub draining: AtomicBool,
 }
 
-/// Serves `session` until SIGTERM or Ctrl-C. `info` is what the model directory says about chat
-/// and sampling defaults; `on_ready` gets the bound address once the server accepts connections.
+/// Serves `session` until SIGTERM or Ctrl-C, decoding speculatively when given a `drafter`.
+/// `info` is what the model directory says about chat and sampling defaults; `on_ready` gets the
+/// bound address once the server accepts connections.
 pub fn serve(
     session: Session,
+    drafter: Option<Box<dyn Drafter + Send>>,
     info: ModelInfo,
     config: ServeConfig,
     on_ready: impl FnOnce(SocketAddr),
@@ -124,6 +127,7 @@ pub fn serve(
     let vocab_size = engine.spec().vocab_size;
     let queue = Queue::start(
         engine,
+        drafter,
         tokenizer.clone(),
         eos_token_ids,
         config.max_queue,

@@ -18,6 +18,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::metrics::Metrics;
 use super::stop::StopMatcher;
+use crate::dflash::{Drafter, speculative_generate};
 use crate::engine::Engine;
 use crate::generate::{FinishReason, GenerateRequest, generate};
 use crate::sampling::SamplingParams;
@@ -114,6 +115,8 @@ struct State {
 /// What the worker thread owns.
 struct Worker {
     engine: Box<dyn Engine>,
+    /// With a DFlash draft, every job decodes speculatively (the output is the target's own).
+    drafter: Option<Box<dyn Drafter + Send>>,
     tokenizer: Arc<Tokenizer>,
     eos_token_ids: Vec<u32>,
     shared: Arc<Shared>,
@@ -123,6 +126,7 @@ impl Queue {
     /// Starts the worker; at most `capacity` jobs wait (the running one not counted).
     pub fn start(
         engine: Box<dyn Engine>,
+        drafter: Option<Box<dyn Drafter + Send>>,
         tokenizer: Arc<Tokenizer>,
         eos_token_ids: Vec<u32>,
         capacity: usize,
@@ -137,6 +141,7 @@ impl Queue {
         });
         let worker = Worker {
             engine,
+            drafter,
             tokenizer,
             eos_token_ids,
             shared: shared.clone(),
@@ -288,7 +293,7 @@ impl Worker {
             },
             want_logits: false,
         };
-        let result = generate(self.engine.as_mut(), &req, |id| {
+        let on_token = |id| {
             let now = Instant::now();
             if last == started {
                 metrics.observe_time_to_first_token(now - started);
@@ -320,7 +325,18 @@ impl Worker {
                 Some(_) => ControlFlow::Break(()),
                 None => ControlFlow::Continue(()),
             }
-        });
+        };
+        let result = match &mut self.drafter {
+            Some(drafter) => {
+                speculative_generate(self.engine.as_mut(), drafter.as_mut(), &req, on_token).map(
+                    |spec| {
+                        metrics.add_accept_lengths(&spec.accept_lengths);
+                        spec.generation
+                    },
+                )
+            }
+            None => generate(self.engine.as_mut(), &req, on_token),
+        };
         let output = match result {
             Ok(output) => output,
             Err(e) => return Event::Failed(Failure::Engine(format!("{e:#}"))),

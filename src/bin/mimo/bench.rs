@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use mimo_compiler::artifact::Artifact;
 use mimo_compiler::report::step_bytes;
 use mimo_ir::ModelSpec;
@@ -23,6 +23,8 @@ use mimo_runtime::engine::{CpuEngine, Engine};
 use mimo_runtime::random_checkpoint::random_weights;
 use mimo_runtime::{builtin, load_model, resolve_model};
 use serde_json::{Value, json};
+
+use crate::options::Device;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -57,13 +59,6 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a summary.
     #[arg(long)]
     json: bool,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Device {
-    Auto,
-    Cpu,
-    Cuda,
 }
 
 /// What was timed, however it was timed.

@@ -5,16 +5,15 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, ValueEnum};
-use mimo_compiler::artifact::Artifact;
-use mimo_runtime::builtin;
+use clap::Args;
 use mimo_runtime::dflash::{open_speculative, speculative_generate};
 use mimo_runtime::generate::{GenerateRequest, generate};
-use mimo_runtime::model::resolve_model;
 use mimo_runtime::sampling::SamplingParams;
 use mimo_runtime::session::{DeviceChoice, Session, open_session};
 use mimo_runtime::tokenizer::StreamDecoder;
 use serde_json::json;
+
+use crate::options::{Device, speculative_choice};
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -66,36 +65,6 @@ pub struct GenerateArgs {
     block_size: Option<u64>,
 }
 
-/// The draft to decode with, from `--draft` or the model.toml's `[speculative]`, and the block
-/// size (`--block-size`, then the model.toml's).
-fn speculative_choice(args: &GenerateArgs) -> Result<Option<(PathBuf, Option<usize>)>> {
-    let block = args.block_size.map(|b| b as usize);
-    let toml = match &args.model {
-        Some(path) if !builtin::is_builtin(path) && !Artifact::is_artifact(path) => {
-            resolve_model(path)
-                .with_context(|| format!("loading {}", path.display()))?
-                .model_toml
-                .and_then(|t| t.speculative)
-        }
-        _ => None,
-    };
-    Ok(match (&args.draft, toml) {
-        (Some(draft), toml) => Some((draft.clone(), block.or(toml.and_then(|t| t.block_size)))),
-        (None, Some(t)) => Some((t.draft, block.or(t.block_size))),
-        (None, None) if block.is_some() => {
-            bail!("--block-size needs a draft: --draft PATH, or [speculative] in a model.toml")
-        }
-        (None, None) => None,
-    })
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Device {
-    Auto,
-    Cpu,
-    Cuda,
-}
-
 pub fn run(args: GenerateArgs) -> Result<()> {
     if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
         bail!(
@@ -106,12 +75,13 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if !(args.top_p > 0.0 && args.top_p <= 1.0) {
         bail!("--top-p must be in (0, 1], got {}", args.top_p);
     }
-    let device = match args.device {
-        Device::Auto => DeviceChoice::Auto,
-        Device::Cpu => DeviceChoice::Cpu,
-        Device::Cuda => DeviceChoice::Cuda,
-    };
-    let (session, mut drafter) = match speculative_choice(&args)? {
+    let device = DeviceChoice::from(args.device);
+    let choice = speculative_choice(
+        args.model.as_deref(),
+        args.draft.as_deref(),
+        args.block_size,
+    )?;
+    let (session, mut drafter) = match choice {
         Some((draft, block)) => {
             let (session, drafter) =
                 open_speculative(args.model.as_deref(), &draft, block, device)?;

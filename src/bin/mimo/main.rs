@@ -2,6 +2,7 @@
 
 mod bench;
 mod generate;
+mod options;
 mod random_checkpoint;
 mod serve;
 

@@ -5,11 +5,14 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use mimo_runtime::dflash::{Drafter, open_speculative};
 use mimo_runtime::server::chat::ModelInfo;
 use mimo_runtime::server::{ServeConfig, serve};
 use mimo_runtime::session::{DeviceChoice, open_session};
+
+use crate::options::{Device, speculative_choice};
 
 /// `mimo serve`'s flags (the command's help text is on `Command::Serve` in main.rs).
 #[derive(Args)]
@@ -52,16 +55,16 @@ pub struct ServeArgs {
     /// Where to run: `cuda` needs an NVIDIA GPU and driver, `auto` uses one when present.
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     device: Device,
+    /// Decode speculatively with this DFlash draft (a Hugging Face directory: config.json and
+    /// safetensors); the output is the model's own. A model.toml can name one in `[speculative]`.
+    #[arg(long, value_name = "PATH")]
+    draft: Option<PathBuf>,
+    /// Tokens per drafted block, the last committed token included (default: the draft's own).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    block_size: Option<u64>,
     /// No progress or notes on stderr (the `listening on` line and errors still appear).
     #[arg(long, short)]
     quiet: bool,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Device {
-    Auto,
-    Cpu,
-    Cuda,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -81,11 +84,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 .with_context(|| format!("cannot read the chat template {}", path.display()))
         })
         .transpose()?;
-    let device = match args.device {
-        Device::Auto => DeviceChoice::Auto,
-        Device::Cpu => DeviceChoice::Cpu,
-        Device::Cuda => DeviceChoice::Cuda,
-    };
+    let device = DeviceChoice::from(args.device);
+    let choice = speculative_choice(
+        args.model.as_deref(),
+        args.draft.as_deref(),
+        args.block_size,
+    )?;
 
     let started = Instant::now();
     let spinner = (!args.quiet).then(|| {
@@ -98,14 +102,19 @@ pub fn run(args: ServeArgs) -> Result<()> {
         bar.enable_steady_tick(Duration::from_millis(100));
         bar
     });
-    let opened = open_session(args.model.as_deref(), device, args.max_context).and_then(|s| {
+    let opened = match choice {
+        Some((draft, block)) => open_speculative(args.model.as_deref(), &draft, block, device)
+            .map(|(s, d)| (s, Some(Box::new(d) as Box<dyn Drafter + Send>))),
+        None => open_session(args.model.as_deref(), device, args.max_context).map(|s| (s, None)),
+    }
+    .and_then(|(s, d)| {
         let info = ModelInfo::load(args.model.as_deref())?;
-        Ok((s, info))
+        Ok((s, d, info))
     });
     if let Some(bar) = &spinner {
         bar.finish_and_clear();
     }
-    let (session, info) = opened?;
+    let (session, drafter, info) = opened?;
     if !args.quiet {
         for note in &session.notes {
             eprintln!("note: {note}");
@@ -130,7 +139,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         chat_template,
         ..ServeConfig::default()
     };
-    serve(session, info, config, |addr| {
+    serve(session, drafter, info, config, |addr| {
         // Scripts and tests read the address (the port may have been chosen) from stdout.
         let mut stdout = std::io::stdout();
         let _ = writeln!(stdout, "listening on http://{addr}");
