@@ -57,9 +57,11 @@ struct NormMatmulMap {
         tm.plane = t;
         return tm;
     }
-    // Token columns past the block's rows read its last staged row; emit() drops them.
-    __device__ u32 b_row(u32, u32, u32 n) const { return min_u32(n, ntok - 1); }
-    __device__ float col_scale(u32, u32, u32 n) const { return norm.scale(min_u32(n, ntok - 1)); }
+    // B rows ntok .. T-1 are staged as zeros, so the columns past the block's rows (which emit()
+    // drops) read defined values; the bound stays the compile-time T, which keeps the address
+    // arithmetic of the inner loop constant (T = 1: row 0).
+    __device__ u32 b_row(u32, u32, u32 n) const { return min_u32(n, kTokens - 1); }
+    __device__ float col_scale(u32, u32, u32 n) const { return norm.scale(min_u32(n, kTokens - 1)); }
     __device__ void emit(u32 group, u32 row, u32 n, float v0, float v1) const {
         if (n >= ntok) return;
         const u32 s = segment(group);
