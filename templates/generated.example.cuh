@@ -27,11 +27,16 @@
 //   A = 2048 * W * NT                    (split-group partial sums of the projections)
 //   N = r16(4 * W * T)                   (the RMSNorm's per-warp sums of squares)
 //   R = r16(12 T TOP_K + 4 T^2 TOP_K + 8 MIMO_MAX_EXPERTS + 4)   (the routing table):
-//   norm_matmul, lm_head   N + A + stage(T, K), K its reduction length (H for Qwen3 / Mixtral)
+//   norm_matmul, lm_head   N + A + stage(T, K), K its reduction length (H for Qwen3 / Mixtral);
+//                          also dense_gate_up; without a norm (and matmul_residual) a longer K
+//                          runs in k-slabs of a multiple of 256 (at least N + A + stage(T, 256))
+//   concat, accept         nothing
 //   oproj_residual         A + stage(T, HEADS * HD)
 //   expert_gate_up         R + N + A + stage(T, H)
 //   expert_down            R + A + stage(T * TOP_K, I) for one pass over I; with less it runs in
-//                          k-slabs of a multiple of 256 (at least R + A + stage(T * TOP_K, 256))
+//                          k-slabs of a multiple of 256 (at least R + A + stage(T * TOP_K, 256));
+//                          the compiler sizes it for slabs of up to 1024, fewer where that passes
+//                          the block's limit (T = 16)
 //   attention_partial      r16(4 * (2 G HD + MIMO_THREADS * G + 3 G))
 // Here the largest is expert_down: 1168 + 16384 + 8 * 1568 = 30096 bytes.
 #define MIMO_SMEM_BYTES 49152

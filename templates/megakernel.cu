@@ -1,5 +1,6 @@
 #include "generated.cuh"
-// The persistent megakernel: one launch runs one decode step (see common/abi.cuh for the
+// The persistent megakernel: one launch runs one step of one program (decode, DFlash verify or
+// draft) (see common/abi.cuh for the
 // contract with the compiler). Block w is worker w: it runs its queue of tasks in order, each
 // after the events it waits for have reached this step's counts, and increments the task's
 // trigger events when done.
@@ -21,11 +22,14 @@
 // task needs), expected = MIMO_SMEM_BYTES}.
 
 #include "common/sync.cuh"
+#include "ops/accept.cuh"
 #include "ops/argmax_combine.cuh"
 #include "ops/attention.cuh"
+#include "ops/concat.cuh"
 #include "ops/embed.cuh"
 #include "ops/kv_append.cuh"
-// norm_matmul, oproj_residual, expert_gate_up, expert_down, lm_head:
+// norm_matmul (with dense_gate_up, matmul_residual), oproj_residual, expert_gate_up, expert_down,
+// lm_head:
 #include "ops/projections.cuh"
 
 using namespace mimo;
@@ -43,6 +47,10 @@ __device__ __forceinline__ u32 run_task(const KernelParams& p, const Task& task,
         case TASK_EXPERT_DOWN: return run_expert_down(p, a, b, e, smem);
         case TASK_LM_HEAD: return run_lm_head(p, a, b, e, smem);
         case TASK_ARGMAX_COMBINE: return run_argmax_combine(p, a, b, e, smem);
+        case TASK_DENSE_GATE_UP: return run_dense_gate_up(p, a, b, e, smem);
+        case TASK_MATMUL_RESIDUAL: return run_matmul_residual(p, a, b, e, smem);
+        case TASK_CONCAT: return run_concat(p, a, b, e, smem);
+        case TASK_ACCEPT: return run_accept(p, a, b, e, smem);
         default: return kOverLimit;
     }
 }

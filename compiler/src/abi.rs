@@ -4,7 +4,9 @@
 
 use mimo_ir::Graph;
 use mimo_ir::graph::{NodeKind, Value};
-use mimo_ir::ops::{AttentionPartial, KvAppend, RmsNorm, Rope, RouterTopK, SiluMul};
+use mimo_ir::ops::{
+    Accept, AttentionPartial, Concat, KvAppend, RmsNorm, Rope, RouterTopK, SiluMul,
+};
 use petgraph::graph::NodeIndex;
 
 use crate::fuse::{FusedKind, FusedOp, UnitMap};
@@ -12,7 +14,7 @@ use crate::plan::Buffer;
 use crate::program::Program;
 
 /// `MIMO_ABI_VERSION` of abi.cuh.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 /// `MIMO_NONE`: an absent slot.
 pub const NONE: u32 = u32::MAX;
 
@@ -61,6 +63,10 @@ pub fn task_kind(kind: FusedKind) -> Option<u32> {
         FusedKind::ExpertDown => 6,
         FusedKind::LmHead => 7,
         FusedKind::ArgmaxCombine => 8,
+        FusedKind::DenseGateUp => 9,
+        FusedKind::MatmulResidual => 10,
+        FusedKind::Concat => 11,
+        FusedKind::Accept => 12,
         FusedKind::Generic => return None,
     })
 }
@@ -246,6 +252,39 @@ impl Encoder<'_> {
         })
     }
 
+    /// The positions the group's (one) rope member rotates by.
+    fn rope_positions(&self, op: &FusedOp) -> Result<Value, AbiError> {
+        Ok(self.input(self.one(op, "rope")?, Rope::POSITIONS))
+    }
+
+    /// The value `v` is, or, when `v` is the result of one of `op`'s whole `rms_norm` members,
+    /// that norm's input, with the norm's weight index and eps.
+    fn through_norm(&self, op: &FusedOp, v: Value) -> Result<(Value, u32, f32), AbiError> {
+        let norm = op.members.iter().find(|m| {
+            m.node == v.node.index()
+                && m.map == UnitMap::Whole
+                && self
+                    .node(m.node)
+                    .op()
+                    .is_some_and(|o| o.as_any().is::<RmsNorm>())
+        });
+        match norm {
+            Some(m) => Ok((
+                self.input(m.node, RmsNorm::X),
+                self.weight(self.input(m.node, RmsNorm::WEIGHT))?,
+                self.eps(m.node),
+            )),
+            None => Ok((v, NONE, 0.0)),
+        }
+    }
+
+    fn shape_error(&self, op: &FusedOp, message: impl Into<String>) -> AbiError {
+        AbiError::Shape {
+            op: op.name.clone(),
+            message: message.into(),
+        }
+    }
+
     fn op_args(&self, op: &FusedOp) -> Result<OpArgs, AbiError> {
         let mut a = OpArgs {
             values: [NONE; 8],
@@ -269,7 +308,10 @@ impl Encoder<'_> {
                 a.weights[0] = self.weight(self.input(e, 0))?;
                 dims(&mut a, &[self.shape(self.input(e, 0))[1]]);
             }
-            FusedKind::NormMatmul | FusedKind::LmHead => {
+            FusedKind::NormMatmul
+            | FusedKind::LmHead
+            | FusedKind::DenseGateUp
+            | FusedKind::MatmulResidual => {
                 let linears = self.members(op, "linear");
                 let first = linears
                     .first()
@@ -313,11 +355,41 @@ impl Encoder<'_> {
                         _ => return Err(AbiError::NoTemplate(op.name.clone())),
                     };
                     dims(&mut a, &[k, self.shape(self.input(l, 1))[0], chunk]);
+                } else if op.kind == FusedKind::DenseGateUp {
+                    let act = self.one(op, "silu_mul")?;
+                    let gate = self.input(act, SiluMul::GATE).node.index();
+                    let up = self.input(act, SiluMul::UP).node.index();
+                    let is_linear = |n: usize| linears.iter().any(|l| l.node == n);
+                    if linears.len() != 2 || !is_linear(gate) || !is_linear(up) {
+                        return Err(AbiError::NoTemplate(op.name.clone()));
+                    }
+                    a.values[1] = self.arena(Value {
+                        node: NodeIndex::new(act),
+                        output: 0,
+                    })?;
+                    a.weights[1] = self.weight(self.input(gate, 1))?;
+                    a.weights[2] = self.weight(self.input(up, 1))?;
+                    let n = self.shape(self.input(gate, 1))[0];
+                    dims(&mut a, &[k, n, 0, 0, self.shape(x)[0]]);
+                } else if op.kind == FusedKind::MatmulResidual {
+                    let add = self.one(op, "add")?;
+                    let [l] = linears[..] else {
+                        return Err(AbiError::NoTemplate(op.name.clone()));
+                    };
+                    a.values[1] = self.arena(Value {
+                        node: NodeIndex::new(add),
+                        output: 0,
+                    })?;
+                    a.values[4] = self.arena(self.other_input(add, l.node)?)?;
+                    a.weights[1] = self.weight(self.input(l.node, 1))?;
+                    let n = self.shape(self.input(l.node, 1))[0];
+                    dims(&mut a, &[k, n, 0, 0, self.shape(x)[0]]);
                 } else {
                     if linears.len() > 3 {
                         return Err(AbiError::NoTemplate(op.name.clone()));
                     }
                     a.dims[0] = k as u32;
+                    a.dims[4] = self.shape(x)[0] as u32;
                     for (i, l) in linears.iter().enumerate() {
                         a.values[1 + i] = self.arena(Value {
                             node: NodeIndex::new(l.node),
@@ -358,13 +430,23 @@ impl Encoder<'_> {
                 };
                 a.values[0] = self.arena(raw(k_app))?;
                 a.values[1] = self.arena(raw(v_app))?;
-                a.values[2] = self.arena(self.input(k_app, KvAppend::POSITIONS))?;
+                let positions = self.input(k_app, KvAppend::POSITIONS);
+                if self.input(v_app, KvAppend::POSITIONS) != positions
+                    || self.rope_positions(op)? != positions
+                {
+                    return Err(self.shape_error(
+                        op,
+                        "the keys' RoPE and both appends must use one positions value",
+                    ));
+                }
+                a.values[2] = self.arena(positions)?;
                 a.state[0] = self.state(self.input(k_app, KvAppend::CACHE))?;
                 a.state[1] = self.state(self.input(v_app, KvAppend::CACHE))?;
                 let (norm_w, eps, theta) = self.head_prologue(op)?;
                 a.weights[0] = norm_w;
                 let cache = self.shape(self.input(k_app, KvAppend::CACHE));
-                dims(&mut a, &[cache[1], cache[2]]);
+                let rows = self.shape(self.input(k_app, KvAppend::NEW))[0];
+                dims(&mut a, &[cache[1], cache[2], rows]);
                 a.fparams[..2].copy_from_slice(&[eps, theta]);
             }
             FusedKind::AttentionPartial => {
@@ -383,7 +465,14 @@ impl Encoder<'_> {
                     q = self.input(q.node.index(), 0);
                 }
                 a.values[0] = self.arena(q)?;
-                a.values[1] = self.arena(self.input(p, AttentionPartial::POSITIONS))?;
+                let positions = self.input(p, AttentionPartial::POSITIONS);
+                a.values[1] = self.arena(positions)?;
+                // The queries may be rotated by other positions than the causal limit (the
+                // DFlash draft's block attends non-causally up to its last position).
+                let rope = self.rope_positions(op)?;
+                if rope != positions {
+                    a.values[4] = self.arena(rope)?;
+                }
                 a.values[2] = self.arena(Value {
                     node: NodeIndex::new(p),
                     output: 0,
@@ -474,6 +563,52 @@ impl Encoder<'_> {
                 })?;
                 dims(&mut a, &[self.shape(self.input(c, 0))[1]]);
             }
+            FusedKind::Concat => {
+                let c = self.one(op, "concat")?;
+                let axis = self
+                    .node(c)
+                    .op()
+                    .and_then(|o| o.as_any().downcast_ref::<Concat>())
+                    .expect("named so")
+                    .axis;
+                for (i, slot) in [Concat::A, Concat::B].into_iter().enumerate() {
+                    let (src, norm_w, eps) = self.through_norm(op, self.input(c, slot))?;
+                    if self.shape(src).len() != 2 {
+                        return Err(self.shape_error(op, "concat operands must be rank 2"));
+                    }
+                    a.values[i] = self.arena(src)?;
+                    a.weights[i] = norm_w;
+                    a.fparams[i] = eps;
+                }
+                // Any other member (a norm no operand comes from) is not in the template.
+                if op.members.len() != 1 + a.weights[..2].iter().filter(|&&w| w != NONE).count() {
+                    return Err(AbiError::NoTemplate(op.name.clone()));
+                }
+                a.values[2] = self.arena(Value {
+                    node: NodeIndex::new(c),
+                    output: 0,
+                })?;
+                let (sa, sb) = (
+                    self.shape(self.input(c, Concat::A)),
+                    self.shape(self.input(c, Concat::B)),
+                );
+                dims(&mut a, &[axis, sa[0], sa[1], sb[0], sb[1]]);
+            }
+            FusedKind::Accept => {
+                let acc = self.one(op, "accept")?;
+                a.values[0] = self.arena(self.input(acc, Accept::BLOCK))?;
+                a.values[1] = self.arena(self.input(acc, Accept::POSTERIOR))?;
+                for (i, output) in [Accept::ACCEPTED, Accept::COMMITTED]
+                    .into_iter()
+                    .enumerate()
+                {
+                    a.values[2 + i] = self.arena(Value {
+                        node: NodeIndex::new(acc),
+                        output,
+                    })?;
+                }
+                dims(&mut a, &[self.shape(self.input(acc, Accept::BLOCK))[0]]);
+            }
             FusedKind::Generic => return Err(AbiError::NoTemplate(op.name.clone())),
         }
         Ok(a)
@@ -518,6 +653,10 @@ mod tests {
             ("TASK_EXPERT_DOWN", 6),
             ("TASK_LM_HEAD", 7),
             ("TASK_ARGMAX_COMBINE", 8),
+            ("TASK_DENSE_GATE_UP", 9),
+            ("TASK_MATMUL_RESIDUAL", 10),
+            ("TASK_CONCAT", 11),
+            ("TASK_ACCEPT", 12),
         ] {
             assert!(header.contains(&format!("{name} = {value},")), "{name}");
         }

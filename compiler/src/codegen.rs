@@ -17,6 +17,10 @@ use crate::program::Program;
 /// Threads per worker block.
 pub const THREADS: usize = 256;
 
+/// The most dynamic shared memory a block may have on sm_90 (232448 bytes) less the kernel's
+/// static shared memory (the projection plan, 160 bytes) with some slack.
+pub const MAX_DYNAMIC_SMEM: usize = 232448 - 256;
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CodegenError {
     #[error("template `{0}` not found (included from `{1}`)")]
@@ -32,15 +36,33 @@ pub fn generated_header(spec: &ModelSpec, program: &Program) -> String {
         .nodes_of(|k| matches!(k, NodeKind::Input))
         .next()
         .map_or(1, |(_, n)| n.outputs[0].shape[0]);
-    let max_k = [
-        spec.hidden_size,
-        spec.q_dim(),
-        spec.expert_intermediate_size,
-    ]
-    .into_iter()
-    .max()
-    .unwrap_or(1);
-    let smem = shared_memory_bytes(spec, tokens);
+    // A DFlash draft program has its own head shapes and projections (its context features,
+    // its dense MLP): the limits cover the program's graph as well as the model.
+    let attention = attention_shapes(program);
+    let max_k = program
+        .graph
+        .nodes_of(|k| matches!(k, NodeKind::Weight))
+        .filter(|(_, n)| n.outputs[0].rank() == 2)
+        .map(|(_, n)| n.outputs[0].shape[1])
+        .chain([
+            spec.hidden_size,
+            spec.q_dim(),
+            spec.expert_intermediate_size,
+        ])
+        .max()
+        .unwrap_or(1);
+    let head_dim = attention
+        .iter()
+        .map(|a| a.head_dim)
+        .chain([spec.head_dim])
+        .max()
+        .unwrap_or(1);
+    let smem = attention
+        .iter()
+        .map(|a| attention_shared_memory_bytes(a, tokens))
+        .chain([shared_memory_bytes(spec, tokens)])
+        .max()
+        .unwrap_or(0);
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -53,7 +75,7 @@ pub fn generated_header(spec: &ModelSpec, program: &Program) -> String {
         ("MIMO_THREADS", THREADS),
         ("MIMO_TOKENS", tokens),
         ("MIMO_MAX_K", max_k),
-        ("MIMO_MAX_HEAD_DIM", spec.head_dim),
+        ("MIMO_MAX_HEAD_DIM", head_dim),
         ("MIMO_MAX_TOP_K", spec.experts_per_token),
         ("MIMO_MAX_EXPERTS", spec.num_experts),
         ("MIMO_SMEM_BYTES", smem),
@@ -77,14 +99,67 @@ pub fn shared_memory_bytes(spec: &ModelSpec, tokens: usize) -> usize {
     let accumulators = up16(2048 * warps * n_tiles);
     let prologue = up16(64 + 4 * warps * tokens);
     let group = spec.num_heads / spec.num_kv_heads;
+    // expert_down stages T * TOP_K activation rows: up to 1024 of I at once, less (in multiples
+    // of 256, the template picks the widest that fits) where that would pass the block's limit,
+    // as it does at T = 16 (a DFlash verify block) for Qwen3-30B-A3B.
+    let mut expert_down_slab = spec.expert_intermediate_size.min(1024);
+    while expert_down_slab > 256
+        && routing + accumulators + stage(tokens * top_k, expert_down_slab) > MAX_DYNAMIC_SMEM
+    {
+        expert_down_slab = (expert_down_slab - 1) / 256 * 256;
+    }
     let needs = [
         prologue + accumulators + stage(tokens, spec.hidden_size),
         accumulators + stage(tokens, spec.q_dim()),
         routing + prologue + accumulators + stage(tokens, spec.hidden_size),
-        routing + accumulators + stage(tokens * top_k, spec.expert_intermediate_size.min(1024)),
+        routing + accumulators + stage(tokens * top_k, expert_down_slab),
         up16(4 * (2 * group * spec.head_dim + 256 * group + 3 * group)),
     ];
     needs.into_iter().max().unwrap_or(0)
+}
+
+/// The head shape of one attention of a program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AttentionShape {
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+/// Every `attention_partial`'s head shape (queries [T, heads, hd], cache [ctx, kv_heads, hd]).
+fn attention_shapes(program: &Program) -> Vec<AttentionShape> {
+    use mimo_ir::ops::AttentionPartial;
+    let g = &program.graph;
+    g.topo_order()
+        .iter()
+        .filter(|&&n| {
+            g.node(n)
+                .op()
+                .is_some_and(|o| o.as_any().is::<AttentionPartial>())
+        })
+        .map(|&n| {
+            let node = g.node(n);
+            let q = &g.value_type(node.inputs[AttentionPartial::Q]).shape;
+            let cache = &g.value_type(node.inputs[AttentionPartial::K_CACHE]).shape;
+            AttentionShape {
+                heads: q[1],
+                kv_heads: cache[1],
+                head_dim: cache[2],
+            }
+        })
+        .collect()
+}
+
+/// What the attention and the output projection of heads `a` need (the formulas of
+/// [`shared_memory_bytes`]).
+fn attention_shared_memory_bytes(a: &AttentionShape, tokens: usize) -> usize {
+    let up16 = |x: usize| x.div_ceil(16) * 16;
+    let warps = THREADS / 32;
+    let stage = |rows: usize, k: usize| up16(rows * (k.div_ceil(8).div_ceil(8) * 8 + 2) * 16);
+    let accumulators = up16(2048 * warps * tokens.div_ceil(8));
+    let group = a.heads / a.kv_heads.max(1);
+    (accumulators + stage(tokens, a.heads * a.head_dim))
+        .max(up16(4 * (2 * group * a.head_dim + 256 * group + 3 * group)))
 }
 
 /// `megakernel.cu` with `generated.cuh` and every other quoted include inlined once, in order.

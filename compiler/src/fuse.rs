@@ -16,7 +16,9 @@ use std::ops::Range;
 
 use mimo_ir::graph::{Graph, GraphBuilder, GraphError, NodeKind, Value};
 use mimo_ir::op::{Io, Region};
-use mimo_ir::ops::{ArgmaxCombine, ArgmaxPartial, Attention, AttentionCombine, AttentionPartial};
+use mimo_ir::ops::{
+    ArgmaxCombine, ArgmaxPartial, Attention, AttentionCombine, AttentionPartial, SiluMul,
+};
 use mimo_ir::{Op, TensorType};
 use petgraph::graph::NodeIndex;
 use serde::{Deserialize, Serialize};
@@ -144,6 +146,15 @@ pub enum FusedKind {
     ExpertDown,
     LmHead,
     ArgmaxCombine,
+    /// A dense SwiGLU's gate and up projections (of one optionally normed input) and the
+    /// `silu_mul` over them.
+    DenseGateUp,
+    /// One projection and a residual add (a dense MLP's down projection).
+    MatmulResidual,
+    /// `concat` of two values, each optionally through an `rms_norm` first.
+    Concat,
+    /// DFlash acceptance of a verified block.
+    Accept,
     /// A group no template implements: runs on the CPU schedule executor only.
     Generic,
 }
@@ -345,9 +356,18 @@ fn try_sibling(
         {
             continue;
         }
+        let paired = name == "linear" && gate_up_pair(graph, groups[g].anchor, n);
         let grp = &mut groups[g];
-        // Projections concatenate their outputs; other ops must have the same units.
-        let map = if name == "linear" {
+        // Projections concatenate their outputs, except the gate and up projections of a dense
+        // SwiGLU, which share their units so that the `silu_mul` reading both can join as an
+        // epilogue (every tile computes both halves of its features); other ops must have the
+        // same units.
+        let map = if paired {
+            if units != grp.units || grp.tiled.len() != 1 {
+                continue;
+            }
+            UnitMap::same(units)
+        } else if name == "linear" {
             let map = UnitMap::Tiled {
                 offset: grp.units,
                 len: units,
@@ -365,6 +385,18 @@ fn try_sibling(
         return Some(g);
     }
     None
+}
+
+/// Whether linears `a` and `b` are the gate and up operands (in either order) of one `silu_mul`.
+fn gate_up_pair(graph: &Graph, a: NodeIndex, b: NodeIndex) -> bool {
+    graph.consumers(a).any(|(c, _)| {
+        let node = graph.node(c);
+        node.op().is_some_and(|op| op.as_any().is::<SiluMul>()) && {
+            let (gate, up) = (node.inputs[SiluMul::GATE], node.inputs[SiluMul::UP]);
+            let pair = [gate, up].map(|v| (v.node, v.output));
+            pair == [(a, 0), (b, 0)] || pair == [(b, 0), (a, 0)]
+        }
+    })
 }
 
 /// Non-weight values `n` reads, looking through prologue ops to the values they start from.
@@ -585,6 +617,7 @@ fn finish_group(graph: &Graph, grp: &Group) -> Result<FusedOp, FuseError> {
 /// Names the device function a group's ops make up.
 fn classify(ops: &BTreeSet<&str>) -> FusedKind {
     let has = |n: &str| ops.contains(n);
+    let only = |allowed: &[&str]| ops.iter().all(|o| allowed.contains(o));
     if has("embedding") {
         FusedKind::Embed
     } else if has("kv_append") {
@@ -601,6 +634,14 @@ fn classify(ops: &BTreeSet<&str>) -> FusedKind {
         FusedKind::ArgmaxCombine
     } else if has("attention_combine") && has("linear") {
         FusedKind::OprojResidual
+    } else if only(&["linear", "rms_norm", "reshape", "silu_mul"]) && has("silu_mul") {
+        FusedKind::DenseGateUp
+    } else if only(&["linear", "rms_norm", "reshape", "add"]) && has("add") && has("linear") {
+        FusedKind::MatmulResidual
+    } else if only(&["concat", "rms_norm"]) && has("concat") {
+        FusedKind::Concat
+    } else if only(&["accept"]) && has("accept") {
+        FusedKind::Accept
     } else if has("linear")
         && ops
             .iter()

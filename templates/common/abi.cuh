@@ -12,7 +12,7 @@
 // Every offset below counts elements of the buffer it indexes, not bytes.
 #pragma once
 
-#define MIMO_ABI_VERSION 1u
+#define MIMO_ABI_VERSION 2u
 #define MIMO_NONE 0xffffffffu
 
 typedef unsigned char u8;
@@ -50,10 +50,12 @@ enum TaskKind : u32 {
     TASK_EMBED = 0,
     // Up to 3 projections of one input, over their concatenated output features:
     //   h = norm ? rms_norm(x, norm_w, eps) : x;  out_i[t, n] = sum_k h[t, k] * w_i[n, k]
-    // A tile's units are features of the concatenation [0, N0) ++ [0, N1) ++ [0, N2).
-    //   values: [0] x ([T, K]), [1..=3] out_i ([T, N_i], MIMO_NONE when absent)
+    // A tile's units are features of the concatenation [0, N0) ++ [0, N1) ++ [0, N2). x has R
+    // rows (any R: T at a time; the DFlash draft projects C context rows, or C + B rows). Without
+    // a norm, K may be longer than the staged rows fit: the reduction then runs in k-slabs.
+    //   values: [0] x ([R, K]), [1..=3] out_i ([R, N_i], MIMO_NONE when absent)
     //   weights: [0] norm weight ([K], MIMO_NONE for no norm), [1..=3] w_i
-    //   dims: [0] K, [1..=3] N_i (0 when absent)      fparams: [0] eps
+    //   dims: [0] K, [1..=3] N_i (0 when absent), [4] R      fparams: [0] eps
     TASK_NORM_MATMUL = 1,
     // Per KV head h in the tile, for every token t at position p = positions[t]:
     //   k_h = rope(qk_norm ? rms_norm(k_raw[t, h, :], k_norm_w) : k_raw[t, h, :], p)
@@ -61,17 +63,20 @@ enum TaskKind : u32 {
     //   values: [0] k_raw ([T, KVH*HD]), [1] v_raw, [2] positions (i32 [T])
     //   state:  [0] k_cache offset, [1] v_cache offset (bf16 [CTX, KVH, HD] in the state buffer)
     //   weights: [0] k_norm weight ([HD], MIMO_NONE when the model has no q/k norm)
-    //   dims: [0] KVH, [1] HD          fparams: [0] eps, [1] rope theta
+    //   dims: [0] KVH, [1] HD, [2] rows of k_raw / v_raw (T, or C + B in the DFlash draft)
+    //   fparams: [0] eps, [1] rope theta
     TASK_KV_APPEND = 2,
     // Split-K attention. Unit u = KV head u / splits, split s = u % splits; it serves the
     // G = HEADS / KVH query heads of that KV head. For token t the context is L = positions[t] + 1
     // rows and split s covers rows [s*L/splits, (s+1)*L/splits). Prologue per query head:
-    //   q_h = rope(qk_norm ? rms_norm(q_raw[t, h, :], q_norm_w) : q_raw[t, h, :], positions[t])
+    //   q_h = rope(qk_norm ? rms_norm(q_raw[t, h, :], q_norm_w) : q_raw[t, h, :], rope_pos[t])
+    // with rope_pos = values[4], or positions when values[4] is MIMO_NONE (the DFlash draft's
+    // queries sit at their own positions but all attend up to the block's last).
     //   scores_j = scale * dot(q_h, k_cache[j, kvh, :]);  m = max_j scores_j;
     //   l = sum_j exp(scores_j - m);  acc = sum_j exp(scores_j - m) * v_cache[j, kvh, :]
     // Empty split: m = -inf, l = 0, acc = 0.
     //   values: [0] q_raw ([T, HEADS*HD]), [1] positions, [2] acc ([T, HEADS, splits, HD]),
-    //           [3] ml ([T, HEADS, splits, 2] = (m, l))
+    //           [3] ml ([T, HEADS, splits, 2] = (m, l)), [4] rope_pos (i32 [T]) or MIMO_NONE
     //   state: [0] k_cache, [1] v_cache     weights: [0] q_norm weight or MIMO_NONE
     //   dims: [0] HEADS, [1] KVH, [2] HD, [3] splits, [4] CTX     fparams: [0] eps, [1] theta, [2] scale
     TASK_ATTENTION_PARTIAL = 3,
@@ -108,6 +113,31 @@ enum TaskKind : u32 {
     // next[t] = the id of the first chunk with the largest maximum. Units: tokens.
     //   values: [0] chunk maxima, [1] chunk argmax, [2] next (i32 [T])    dims: [0] chunks
     TASK_ARGMAX_COMBINE = 8,
+    // A dense SwiGLU's first half: h = norm ? rms_norm(x, norm_w, eps) : x;
+    //   act[r, n] = silu(sum_k h[r, k] gate[n, k]) * (sum_k h[r, k] up[n, k])
+    // Units: features (N). x has R rows, T at a time. Slots as TASK_NORM_MATMUL's:
+    //   values: [0] x ([R, K]), [1] act ([R, N])
+    //   weights: [0] norm weight or MIMO_NONE, [1] gate ([N, K]), [2] up ([N, K])
+    //   dims: [0] K, [1] N, [4] R      fparams: [0] eps
+    TASK_DENSE_GATE_UP = 9,
+    // out[r, n] = residual[r, n] + sum_k x[r, k] w[n, k] (a dense MLP's down projection; k-slabs
+    // as TASK_NORM_MATMUL). Units: features (N). Slots as TASK_NORM_MATMUL's with one weight:
+    //   values: [0] x ([R, K]), [1] out ([R, N]), [4] residual ([R, N])
+    //   weights: [0] MIMO_NONE, [1] w ([N, K])      dims: [0] K, [1] N, [4] R
+    TASK_MATMUL_RESIDUAL = 10,
+    // y = [a' | b'] joined on axis 0 (rows) or 1 (columns), where a' = rms_norm(a, norm_a, eps_a)
+    // when norm_a is given, else a (the same for b):  rms_norm(x)[r, c] = w[c] * (x[r, c] * inv_r),
+    // inv_r = 1 / sqrt(mean_c x[r, c]^2 + eps). Units: columns of y.
+    //   values: [0] a ([Ra, Ca]), [1] b ([Rb, Cb]), [2] y
+    //   weights: [0] norm_a or MIMO_NONE, [1] norm_b or MIMO_NONE
+    //   dims: [0] axis, [1] Ra, [2] Ca, [3] Rb, [4] Cb      fparams: [0] eps_a, [1] eps_b
+    TASK_CONCAT = 11,
+    // DFlash acceptance of a verified block (ir/src/ops/accept.rs): a = the number of leading i
+    // with block[i + 1] == posterior[i]; accepted[0] = a; committed[i] = i <= a ? posterior[i] : -1.
+    // One unit.
+    //   values: [0] block (i32 [B]), [1] posterior (i32 [B]), [2] accepted (i32 [1]),
+    //           [3] committed (i32 [B])      dims: [0] B
+    TASK_ACCEPT = 12,
 };
 
 // One task: a tile of a fused op, with the events it waits for and triggers.

@@ -427,12 +427,13 @@ struct RowNorm {
     }
 };
 
-// Stages w_norm * x (x when norm_weight is MIMO_NONE) for the T rows of x [T, K] (arena) as B rows
-// 0..T-1 and returns the RowNorm to apply. `red` is shared scratch of kWarps * kTokens floats
-// that must stay untouched until the projection ends. All threads; the caller synchronises
-// before the projection.
+// Stages w_norm * x (x when norm_weight is MIMO_NONE) for the `rows` (<= T) rows of x [rows, K]
+// (arena) as B rows 0..rows-1, zeros in B rows rows..T-1, and returns the RowNorm to apply.
+// `red` is shared scratch of kWarps * kTokens floats that must stay untouched until the
+// projection ends. All threads; the caller synchronises before the projection.
 __device__ __forceinline__ RowNorm stage_normed_rows(const KernelParams& p, const float* x, u32 K, u32 norm_weight,
-                                                     float eps, const BStage& stage, float* red) {
+                                                     float eps, const BStage& stage, float* red,
+                                                     u32 rows = kTokens) {
     const bool norm = norm_weight != MIMO_NONE;
     WeightDesc nw = {};
     if (norm) nw = weight_desc(p, norm_weight);
@@ -445,7 +446,10 @@ __device__ __forceinline__ RowNorm stage_normed_rows(const KernelParams& p, cons
         const float w1 = !pair ? 0.0f : (norm ? weight_element(nw, 0, k + 1) : 1.0f);
 #pragma unroll
         for (u32 t = 0; t < kTokens; ++t) {
-            const float v0 = ld_act_f32(x + t * K + k), v1 = pair ? ld_act_f32(x + t * K + k + 1) : 0.0f;
+            // Rows past `rows` are not read (x may end there): zeros, which add nothing.
+            const bool live = t < rows;
+            const float v0 = live ? ld_act_f32(x + t * K + k) : 0.0f;
+            const float v1 = live && pair ? ld_act_f32(x + t * K + k + 1) : 0.0f;
             ssq[t] = fmaf(v0, v0, fmaf(v1, v1, ssq[t]));
             stage_pair(stage, t, k, w0 * v0, w1 * v1);
         }

@@ -2,7 +2,9 @@
 // split s = u % splits; it serves the G = HEADS / KVH query heads of that KV head, which share
 // each K and V row read. For token t the context is L = positions[t] + 1 rows and split s covers
 // rows [s*L/splits, (s+1)*L/splits). Per query head h:
-//   q = rope(qk_norm ? rms_norm(q_raw[t, h, :], q_norm_w) : q_raw[t, h, :], positions[t])
+//   q = rope(qk_norm ? rms_norm(q_raw[t, h, :], q_norm_w) : q_raw[t, h, :], rope_pos[t])
+// (rope_pos = positions unless the op has its own, values[4]: the DFlash draft's block queries are
+// rotated at their own positions but all attend up to the block's last)
 //   s_j = scale * dot(q, k_cache[j, kvh, :]);  m = max_j s_j;  l = sum_j exp(s_j - m);
 //   acc = sum_j exp(s_j - m) * v_cache[j, kvh, :]          (empty split: m = -inf, l = 0, acc = 0)
 // written unnormalised to acc [T, HEADS, splits, HD] and ml [T, HEADS, splits, 2].
@@ -170,13 +172,14 @@ __device__ __noinline__ u32 run_attention_partial(const KernelParams& p, const O
         const u32 kvh = u / splits, s = u % splits;
         for (u32 t = 0; t < kTokens; ++t) {
             const i32 pos = ld_act_i32(p.arena + a.values[1] + t);
+            const i32 rope_pos = a.values[4] == MIMO_NONE ? pos : ld_act_i32(p.arena + a.values[4] + t);
             const u64 L = (u64)(u32)pos + 1u;
             const u32 r0 = (u32)(s * L / splits), r1 = (u32)((s + 1u) * L / splits);
 
             for (u32 h = warp_id(); h < G; h += kWarps) {
                 float* q = sm.q + h * hd;
-                head_norm_rope(p.arena + a.values[0] + (t * heads + kvh * G + h) * hd, hd, norm, nw, eps, theta, pos,
-                               [&](u32 d, float v) { q[d] = v; });
+                head_norm_rope(p.arena + a.values[0] + (t * heads + kvh * G + h) * hd, hd, norm, nw, eps, theta,
+                               rope_pos, [&](u32 d, float v) { q[d] = v; });
             }
             for (u32 i = threadIdx.x; i < G * hd; i += MIMO_THREADS) sm.acc[i] = 0.0f;
             for (u32 h = threadIdx.x; h < G; h += MIMO_THREADS) {

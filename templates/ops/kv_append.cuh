@@ -1,8 +1,10 @@
-// TASK_KV_APPEND: for KV head h of the tile and token t at position p = positions[t]:
+// TASK_KV_APPEND: for KV head h of the tile and row t (of R = dims[2]: T, or the DFlash draft's
+// C context rows and B block rows) at position p = positions[t]:
 //   k_cache[p, h, :] = rope(qk_norm ? rms_norm(k_raw[t, h, :], k_norm_w) : k_raw[t, h, :], p)
 //   v_cache[p, h, :] = v_raw[t, h, :]
 // both rounded to bf16 (nearest even) in the state buffer. Units: KV heads. One warp per
-// (token, head).
+// (row, head). Two rows at one position (the graphs we build have none) would race, where the
+// reference keeps the later row.
 #pragma once
 
 #include "common/norm.cuh"
@@ -15,8 +17,8 @@ __device__ __noinline__ u32 run_kv_append(const KernelParams& p, const OpArgs& a
     const bool norm = a.weights[0] != MIMO_NONE;
     WeightDesc nw = {};
     if (norm) nw = weight_desc(p, a.weights[0]);
-    const u32 heads_in_tile = unit_end - unit_begin;
-    for (u32 i = warp_id(); i < kTokens * heads_in_tile; i += kWarps) {
+    const u32 heads_in_tile = unit_end - unit_begin, rows = a.dims[2];
+    for (u32 i = warp_id(); i < rows * heads_in_tile; i += kWarps) {
         const u32 t = i / heads_in_tile, h = unit_begin + i % heads_in_tile;
         const i32 pos = ld_act_i32(p.arena + a.values[2] + t);
         const u32 src = (t * kv_heads + h) * hd;

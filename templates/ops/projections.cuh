@@ -1,5 +1,5 @@
-// The one instance of the projection engine (common/project.cuh), shared by the five projection
-// ops: it dispatches each mapping call on the plan's kind to the op's mapping struct. One
+// The one instance of the projection engine (common/project.cuh), shared by the projection ops
+// (norm_matmul.cuh's three dense kinds, oproj_residual, expert_gate_up, expert_down, lm_head): it dispatches each mapping call on the plan's kind to the op's mapping struct. One
 // instance keeps the kernel's code (and NVRTC's compile time) to a single copy of the
 // format-specialised inner loops.
 #pragma once
@@ -19,7 +19,9 @@ struct AnyProjection {
 // Calls `expr` on the op's mapping object `m`.
 #define MIMO_DISPATCH(expr)                                                                  \
     switch (kind) {                                                                          \
-        case TASK_NORM_MATMUL: { const NormMatmulMap& m = plan_map<NormMatmulMap>(*plan); return expr; } \
+        case TASK_NORM_MATMUL:                                                               \
+        case TASK_DENSE_GATE_UP:                                                             \
+        case TASK_MATMUL_RESIDUAL: { const NormMatmulMap& m = plan_map<NormMatmulMap>(*plan); return expr; } \
         case TASK_OPROJ_RESIDUAL: { const OprojMap& m = plan_map<OprojMap>(*plan); return expr; }        \
         case TASK_EXPERT_GATE_UP: { const GateUpMap& m = plan_map<GateUpMap>(*plan); return expr; }      \
         case TASK_EXPERT_DOWN: { const ExpertDownMap& m = plan_map<ExpertDownMap>(*plan); return expr; } \
