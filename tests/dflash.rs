@@ -1,20 +1,24 @@
 //! DFlash speculative decoding end to end: the draft's forward pass against the Python reference
 //! of `tests/fixtures/dflash/` (written from REFERENCE.md §3), and `mimo generate --draft` /
-//! `[speculative]` giving exactly the tokens of plain greedy decoding.
+//! `[speculative]` giving exactly the tokens of plain greedy decoding, on the reference
+//! interpreter and, for artifacts `mimo-compile` wrote, on the CPU schedule executor.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use common::{ids, mimo, mimo_json, read_json, rel_l2, rows};
+use common::{ids, mimo, mimo_compile, mimo_json, read_json, rel_l2, rows};
 use half::bf16;
+use mimo_ir::formats::WeightFormat;
 use mimo_ir::interp::F32Weights;
 use mimo_ir::model::dflash::{DraftSpec, draft_weights, random_draft_weights};
+use mimo_ir::{Architecture, ModelSpec, WeightFormats};
 use mimo_runtime::dflash::{DFlashDrafter, DraftContext};
 use mimo_runtime::draft::load_draft;
 use mimo_runtime::engine::{CpuEngine, Engine};
 use mimo_runtime::load_model;
+use mimo_runtime::random_checkpoint::{RandomOptions, write_random_checkpoint};
 use serde_json::json;
 
 fn fixtures() -> PathBuf {
@@ -109,8 +113,13 @@ fn write_builtin_draft(dir: &Path) {
         num_target_layers: Some(4),
         format: mimo_ir::formats::WeightFormat::Bf16,
     };
-    let store = random_draft_weights(&spec, 23).unwrap();
-    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = draft_weights(&spec)
+    write_draft(dir, &spec, 300);
+}
+
+/// A random DFlash draft of shape `spec` as a Hugging Face checkpoint (bf16).
+fn write_draft(dir: &Path, spec: &DraftSpec, vocab_size: usize) {
+    let store = random_draft_weights(spec, 23).unwrap();
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = draft_weights(spec)
         .into_iter()
         .map(|w| {
             let bytes = store
@@ -147,16 +156,16 @@ fn write_builtin_draft(dir: &Path) {
         "hidden_act": "silu",
         "hidden_size": spec.hidden_size,
         "intermediate_size": spec.intermediate_size,
-        "layer_types": ["full_attention", "full_attention"],
-        "max_position_embeddings": 4096,
+        "layer_types": vec!["full_attention"; spec.num_layers],
+        "max_position_embeddings": spec.max_position_embeddings,
         "model_type": "qwen3",
         "num_attention_heads": spec.num_heads,
         "num_hidden_layers": spec.num_layers,
         "num_key_value_heads": spec.num_kv_heads,
-        "num_target_layers": 4,
-        "rms_norm_eps": 1e-6,
-        "rope_theta": 1e6,
-        "vocab_size": 300,
+        "num_target_layers": spec.num_target_layers,
+        "rms_norm_eps": spec.rms_norm_eps,
+        "rope_theta": spec.rope_theta,
+        "vocab_size": vocab_size,
     });
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
 }
@@ -307,5 +316,217 @@ fn cli_bad_drafts_are_named() {
     fails_with(
         &generate_args(&["--draft", broken.to_str().unwrap()], "4"),
         "field `layer_types`: unsupported",
+    );
+}
+
+/// A random Qwen3-MoE target with room for 256 new tokens (bf16), a random two-layer draft for
+/// it, and a model.toml naming both with a block of 8. Returns (target dir, model.toml).
+fn write_long_model(dir: &Path) -> (PathBuf, PathBuf) {
+    let target = ModelSpec {
+        architecture: Architecture::Qwen3Moe,
+        vocab_size: 256,
+        hidden_size: 64,
+        num_layers: 3,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 16,
+        num_experts: 4,
+        experts_per_token: 2,
+        expert_intermediate_size: 64,
+        norm_topk_prob: true,
+        rope_theta: 10_000.0,
+        rms_norm_eps: 1e-6,
+        max_position_embeddings: 1024,
+        tie_word_embeddings: false,
+        formats: WeightFormats {
+            experts: WeightFormat::Bf16,
+            dense: WeightFormat::Bf16,
+        },
+    };
+    let target_dir = dir.join("target");
+    let opts = RandomOptions {
+        seed: 7,
+        mxfp4_experts: false,
+    };
+    write_random_checkpoint(&target, &target_dir, opts, &|_, _| {}).unwrap();
+    let draft = DraftSpec {
+        hidden_size: 64,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 16,
+        intermediate_size: 96,
+        rope_theta: 10_000.0,
+        rms_norm_eps: 1e-6,
+        max_position_embeddings: 1024,
+        block_size: 16,
+        target_layer_ids: vec![0, 2],
+        mask_token_id: 255,
+        num_target_layers: Some(3),
+        format: WeightFormat::Bf16,
+    };
+    write_draft(&dir.join("draft"), &draft, 256);
+    let toml = dir.join("model.toml");
+    let text = "[model]\npath = \"target\"\n\n[speculative]\nmethod = \"dflash\"\ndraft = \"draft\"\nblock_size = 8\n";
+    std::fs::write(&toml, text).unwrap();
+    (target_dir, toml)
+}
+
+fn compile_artifact(model: &Path, out: &Path) {
+    let run = mimo_compile(&[
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--workers",
+        "3",
+        "--no-cubin",
+        "--quiet",
+    ]);
+    assert!(
+        run.status.success(),
+        "mimo-compile {}: {}",
+        model.display(),
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
+fn model_args<'a>(model: &'a Path, prompt: &'a str, new: &'a str) -> Vec<&'a str> {
+    vec![
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt-ids",
+        prompt,
+        "--max-new-tokens",
+        new,
+        "--ignore-eos",
+        "--device",
+        "cpu",
+        "--json",
+    ]
+}
+
+#[test]
+fn compiled_artifact_with_a_draft_is_lossless_for_256_tokens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (target, toml) = write_long_model(tmp.path());
+    let art = tmp.path().join("art");
+    compile_artifact(&toml, &art);
+    let manifest = std::fs::read_to_string(art.join("manifest.toml")).unwrap();
+    for g in ["decode", "verify", "draft"] {
+        assert!(manifest.contains(&format!("name = \"{g}\"")), "{manifest}");
+        for part in ["graph", "fused", "schedule"] {
+            assert!(art.join(format!("{g}.{part}.json")).is_file(), "{g}.{part}");
+        }
+    }
+    assert!(manifest.contains("capture_layers = [0, 2]"), "{manifest}");
+    let report = std::fs::read_to_string(art.join("report.md")).unwrap();
+    assert!(
+        report.contains("## Graph `verify` (8 token(s) per step)"),
+        "{report}"
+    );
+    assert!(report.contains("## Graph `draft`"), "{report}");
+
+    // A prompt of 21 tokens: more than two blocks, so it runs in pieces.
+    let prompt: Vec<String> = (0..21).map(|i| ((i * 53 + 9) % 250).to_string()).collect();
+    let prompt = prompt.join(",");
+    let plain = mimo_json(&model_args(&target, &prompt, "256"));
+    let want = ids(&plain["output_ids"]);
+    assert_eq!(want.len(), 256);
+    let distinct: std::collections::BTreeSet<_> = want.iter().collect();
+    assert!(distinct.len() > 16, "a degenerate test model: {want:?}");
+    assert!(plain.get("accept_lengths").is_none());
+    // The model.toml's [speculative] on the interpreter, then the artifact on the executor.
+    for model in [&toml, &art] {
+        let got = mimo_json(&model_args(model, &prompt, "256"));
+        assert_eq!(ids(&got["output_ids"]), want, "{}", model.display());
+        let lengths = ids(&got["accept_lengths"]);
+        assert_eq!(lengths.iter().sum::<u64>(), 255);
+        assert!(lengths.iter().all(|&a| (1..=8).contains(&a)), "{lengths:?}");
+        let mean = got["mean_accept"].as_f64().unwrap();
+        assert!((mean - 255.0 / lengths.len() as f64).abs() < 1e-9);
+        let device = got["device"].as_str().unwrap();
+        assert_eq!(
+            device.contains("schedule executor"),
+            model == &art,
+            "{device}"
+        );
+    }
+}
+
+#[test]
+fn compiled_artifacts_take_other_drafts_and_refuse_stale_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture = fixtures();
+    let draft = tmp.path().join("draft");
+    std::fs::create_dir_all(&draft).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture.join("qwen3_moe_a_draft").join(f), draft.join(f)).unwrap();
+    }
+    let hf = fixture.join("../hf/qwen3_moe_a");
+    let toml = tmp.path().join("model.toml");
+    let text = format!(
+        "[model]\npath = {:?}\n\n[speculative]\nmethod = \"dflash\"\ndraft = \"draft\"\nblock_size = 4\n",
+        hf.display().to_string()
+    );
+    std::fs::write(&toml, text).unwrap();
+    let art = tmp.path().join("art");
+    compile_artifact(&toml, &art);
+    let plain_art = tmp.path().join("plain");
+    compile_artifact(&hf, &plain_art);
+
+    let prompt = "51,256,282,292,294,267,77,259,82,74,271";
+    let want = ids(&mimo_json(&model_args(&hf, prompt, "40"))["output_ids"]);
+    let d = draft.to_str().unwrap();
+    // Another block size than compiled, and an artifact compiled without a draft: the programs
+    // are compiled on first use.
+    let mut args = model_args(&art, prompt, "40");
+    args.extend(["--block-size", "3"]);
+    let got = mimo_json(&args);
+    assert_eq!(ids(&got["output_ids"]), want);
+    assert!(
+        ids(&got["accept_lengths"])
+            .iter()
+            .all(|&a| (1..=3).contains(&a))
+    );
+    let mut args = model_args(&plain_art, prompt, "40");
+    args.extend(["--draft", d]);
+    let got = mimo_json(&args);
+    assert_eq!(ids(&got["output_ids"]), want);
+    assert_eq!(ids(&got["accept_lengths"]).iter().sum::<u64>(), 39);
+
+    // A draft for another target, and a draft missing a tensor, are named.
+    let builtin_draft = tmp.path().join("builtin_draft");
+    write_builtin_draft(&builtin_draft);
+    let mut args = model_args(&art, prompt, "4");
+    args.extend(["--draft", builtin_draft.to_str().unwrap()]);
+    fails_with(
+        &args,
+        "config.json: does not fit the target model: hidden_size 256 differs from the target's 64",
+    );
+    let broken = tmp.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::copy(draft.join("config.json"), broken.join("config.json")).unwrap();
+    let bytes = std::fs::read(draft.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| n != "fc.weight")
+        .collect();
+    safetensors::serialize_to_file(kept, None, &broken.join("model.safetensors")).unwrap();
+    let mut args = model_args(&art, prompt, "4");
+    args.extend(["--draft", broken.to_str().unwrap()]);
+    fails_with(&args, "missing tensor `fc.weight`");
+
+    // The draft changed since the artifact was compiled: refused, as a changed model is.
+    let path = draft.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["rms_norm_eps"] = json!(1e-5);
+    std::fs::write(&path, config.to_string()).unwrap();
+    fails_with(
+        &model_args(&art, prompt, "4"),
+        "stale artifact: its draft programs were compiled for",
     );
 }

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! manifest.toml            format and compiler versions, the model, its config hash, the target
-//! <graph>.graph.json       the (rewritten) IR graph
+//! <graph>.graph.json       the (rewritten) IR graph: `decode`; with a DFlash draft also
+//!                          `verify` (block tokens) and `draft` (block tokens, block context rows)
 //! <graph>.fused.json       the fused ops, with member names for reading
 //! <graph>.schedule.json    tasks, events, worker queues, memory plan, cost-model machine
 //! kernel.cu                the self-contained megakernel source
@@ -11,13 +12,15 @@
 //! ```
 //!
 //! An artifact is tied to a model shape and a compiler version: opening one with another compiler
-//! version, or running it with weights whose config hashes differently, is refused.
+//! version, or running it with weights whose config hashes differently, is refused. Its draft
+//! programs are tied to the draft's config hash the same way.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use mimo_ir::ModelSpec;
 use mimo_ir::graph::Graph;
+use mimo_ir::model::dflash::DraftSpec;
 use petgraph::graph::NodeIndex;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -67,6 +70,9 @@ pub struct Manifest {
     pub model: ModelEntry,
     pub graphs: Vec<GraphEntry>,
     pub kernel: KernelEntry,
+    /// The DFlash draft the `draft` graphs were compiled for (a model.toml's `[speculative]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draft: Option<DraftEntry>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,6 +95,24 @@ pub struct GraphEntry {
     pub tasks: usize,
     pub events: usize,
     pub workers: usize,
+    /// A verify graph's captured target layers, in order (DFlash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture_layers: Option<Vec<usize>>,
+    /// A draft graph's new context rows per step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_rows: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DraftEntry {
+    /// The draft's directory (absolute), where its weights come from.
+    pub source: PathBuf,
+    /// [`draft_hash`] of `spec`.
+    pub config_hash: String,
+    /// Tokens per block the `verify` and `draft` graphs were compiled for.
+    pub block_size: usize,
+    pub spec: DraftSpec,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -120,6 +144,15 @@ pub fn config_hash(spec: &ModelSpec) -> String {
     )
 }
 
+/// The hash that ties draft programs to a draft's shape.
+pub fn draft_hash(spec: &DraftSpec) -> String {
+    fnv1a(
+        serde_json::to_string(spec)
+            .expect("a draft spec serialises")
+            .as_bytes(),
+    )
+}
+
 /// An artifact read back.
 #[derive(Debug, Clone)]
 pub struct Artifact {
@@ -136,6 +169,33 @@ impl Artifact {
 
     /// Reads an artifact, refusing one written by another compiler version.
     pub fn open(dir: &Path) -> Result<Artifact, ArtifactError> {
+        let manifest = Self::manifest(dir)?;
+        let mut programs = Vec::new();
+        for g in &manifest.graphs {
+            let read = |suffix: &str| -> Result<serde_json::Value, ArtifactError> {
+                let p = dir.join(format!("{}.{suffix}.json", g.name));
+                let text = fs::read_to_string(&p).map_err(io(&p))?;
+                serde_json::from_str(&text).map_err(|e| ArtifactError::Invalid {
+                    path: p.clone(),
+                    message: e.to_string(),
+                })
+            };
+            let doc = json!({ "graph": read("graph")?, "program": merge(read("fused")?, read("schedule")?) });
+            let program = Program::from_json(&doc).map_err(|e| ArtifactError::Invalid {
+                path: dir.join(format!("{}.schedule.json", g.name)),
+                message: e.to_string(),
+            })?;
+            programs.push((g.name.clone(), program));
+        }
+        Ok(Artifact {
+            dir: dir.to_path_buf(),
+            manifest,
+            programs,
+        })
+    }
+
+    /// Reads an artifact's manifest alone, with the same checks as [`Artifact::open`].
+    pub fn manifest(dir: &Path) -> Result<Manifest, ArtifactError> {
         let path = dir.join("manifest.toml");
         let text = fs::read_to_string(&path).map_err(io(&path))?;
         let head: toml::Value = toml::from_str(&text).map_err(|e| ArtifactError::Invalid {
@@ -168,28 +228,15 @@ impl Artifact {
                 message: "model.config_hash does not match model.spec".into(),
             });
         }
-        let mut programs = Vec::new();
-        for g in &manifest.graphs {
-            let read = |suffix: &str| -> Result<serde_json::Value, ArtifactError> {
-                let p = dir.join(format!("{}.{suffix}.json", g.name));
-                let text = fs::read_to_string(&p).map_err(io(&p))?;
-                serde_json::from_str(&text).map_err(|e| ArtifactError::Invalid {
-                    path: p.clone(),
-                    message: e.to_string(),
-                })
-            };
-            let doc = json!({ "graph": read("graph")?, "program": merge(read("fused")?, read("schedule")?) });
-            let program = Program::from_json(&doc).map_err(|e| ArtifactError::Invalid {
-                path: dir.join(format!("{}.schedule.json", g.name)),
-                message: e.to_string(),
-            })?;
-            programs.push((g.name.clone(), program));
+        if let Some(d) = &manifest.draft
+            && draft_hash(&d.spec) != d.config_hash
+        {
+            return Err(ArtifactError::Invalid {
+                path,
+                message: "draft.config_hash does not match draft.spec".into(),
+            });
         }
-        Ok(Artifact {
-            dir: dir.to_path_buf(),
-            manifest,
-            programs,
-        })
+        Ok(manifest)
     }
 
     pub fn program(&self, name: &str) -> Option<&Program> {

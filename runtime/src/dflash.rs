@@ -16,12 +16,19 @@
 //! randomness is keyed by its absolute position ([`sample_at`]), so a seed gives the same tokens
 //! however the positions are grouped into blocks, and the same as [`sample_at`] one token at a
 //! time.
+//!
+//! Where the engine can accept on its device ([`Engine::verify_greedy`], the compiled programs
+//! on the schedule executor), greedy steps do: the verify program's own `accept` op decides, and
+//! the host reads only how many drafts it accepted, the committed tokens and their rows'
+//! features. Sampling, and engines without it, accept on the host with the same op.
 
+mod compiled;
 mod drafters;
 #[cfg(test)]
 mod tests;
 
-pub use drafters::{DFlashDrafter, ReplayDrafter, WrongDrafter};
+pub use compiled::{ScheduleRunner, compiled_pair};
+pub use drafters::{DFlashDrafter, DraftRunner, InterpreterRunner, ReplayDrafter, WrongDrafter};
 
 use std::ops::ControlFlow;
 use std::path::Path;
@@ -205,7 +212,7 @@ impl Speculation<'_> {
                 self.check_drafts(&drafts, size - 1)?;
                 block.extend(drafts);
             }
-            let (mut committed, all_features) = self.verify(&block, start, false)?;
+            let (mut committed, all_features) = self.verify_block(&block, start)?;
             committed.truncate(remaining);
             self.out.accept_lengths.push(committed.len());
             features = all_features;
@@ -267,6 +274,35 @@ impl Speculation<'_> {
         Ok((committed, features))
     }
 
+    /// Verifies a drafted block: on the engine's device when it accepts there and decoding is
+    /// greedy, otherwise through [`Speculation::verify`].
+    fn verify_block(&mut self, block: &[u32], start: usize) -> Result<(Vec<u32>, Vec<f32>)> {
+        if !self.req.sampling.is_greedy() {
+            return self.verify(block, start, false);
+        }
+        let positions: Vec<usize> = (start..start + block.len()).collect();
+        let want_logits = self.req.want_logits;
+        let Some(v) = self.target.verify_greedy(block, &positions, want_logits)? else {
+            return self.verify(block, start, false);
+        };
+        let (vocab, rows) = (self.target.spec().vocab_size, v.committed.len());
+        if let Some(logits) = &v.logits {
+            let out = &mut self.out.generation.logits;
+            out.extend(logits.chunks(vocab).take(rows).map(<[f32]>::to_vec));
+        }
+        let width = self.drafter.capture_layers().len() * self.target.spec().hidden_size;
+        let features = match v.features {
+            Some(f) if f.len() == rows * width => f,
+            None if width == 0 => Vec::new(),
+            _ => bail!(
+                "{}: the verify step did not return the features of layers {:?} for its {rows} committed rows",
+                self.target.device(),
+                self.drafter.capture_layers()
+            ),
+        };
+        Ok((v.committed, features))
+    }
+
     fn check_drafts(&self, drafts: &[u32], count: usize) -> Result<()> {
         if drafts.len() != count {
             bail!("the drafter proposed {} tokens, not {count}", drafts.len());
@@ -307,8 +343,10 @@ impl Speculation<'_> {
     }
 }
 
-/// A target on the reference engine and a DFlash drafter, sharing one weight store (the drafter
-/// reads the target's `embed` and `lm_head`). `block_size` overrides the draft's own.
+/// A target and a DFlash drafter, sharing one weight store (the drafter reads the target's
+/// `embed` and `lm_head`): on the reference engine for a model directory or model.toml, on the
+/// CPU schedule executor for a compiled artifact. `block_size` overrides the draft's own (and
+/// the artifact's).
 pub fn open_speculative(
     model: Option<&Path>,
     draft: &Path,
@@ -326,10 +364,9 @@ pub fn open_speculative(
         DeviceChoice::Cpu => {}
     }
     let (loaded, name) = match model {
-        Some(path) if Artifact::is_artifact(path) => bail!(
-            "{}: speculative decoding runs on the reference engine for now; give the model directory or model.toml instead of a compiled artifact",
-            path.display()
-        ),
+        Some(path) if Artifact::is_artifact(path) => {
+            return compiled::open_artifact(path, draft, block_size, notes);
+        }
         Some(path) if !builtin::is_builtin(path) => (
             load_model(path, &|_, _| {}).with_context(|| format!("loading {}", path.display()))?,
             path.display().to_string(),

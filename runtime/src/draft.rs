@@ -23,9 +23,18 @@ pub struct LoadedDraft {
     pub dir: PathBuf,
 }
 
-/// Loads the draft at `path` (a directory with `config.json` and safetensors, or its
-/// `config.json`) for `target`.
-pub fn load_draft(path: &Path, target: &ModelSpec) -> Result<LoadedDraft, LoadError> {
+/// The draft at `path` (a directory with `config.json` and safetensors, or its `config.json`)
+/// for `target`, its tensors checked by name, shape and dtype but not read: what a compiler
+/// needs.
+pub fn resolve_draft(path: &Path, target: &ModelSpec) -> Result<(DraftSpec, PathBuf), LoadError> {
+    let (spec, dir, _) = open_draft(path, target)?;
+    Ok((spec, dir))
+}
+
+fn open_draft(
+    path: &Path,
+    target: &ModelSpec,
+) -> Result<(DraftSpec, PathBuf, Checkpoint), LoadError> {
     let dir = if path.file_name().is_some_and(|n| n == "config.json") {
         path.parent().unwrap_or(Path::new(".")).to_path_buf()
     } else {
@@ -44,8 +53,7 @@ pub fn load_draft(path: &Path, target: &ModelSpec) -> Result<LoadedDraft, LoadEr
     if let Some(format) = ckpt.float_format() {
         spec.format = format;
     }
-    let infos = draft_weights(&spec);
-    for w in &infos {
+    for w in &draft_weights(&spec) {
         let name = &w.checkpoint_name;
         let Some((dtype, shape)) = ckpt.info(name) else {
             return Err(LoadError::MissingTensor {
@@ -70,6 +78,13 @@ pub fn load_draft(path: &Path, target: &ModelSpec) -> Result<LoadedDraft, LoadEr
             });
         }
     }
+    Ok((spec, dir, ckpt))
+}
+
+/// Loads the draft at `path` (see [`resolve_draft`]) for `target`.
+pub fn load_draft(path: &Path, target: &ModelSpec) -> Result<LoadedDraft, LoadError> {
+    let (spec, dir, ckpt) = open_draft(path, target)?;
+    let infos = draft_weights(&spec);
     let format = spec.format;
     let converted: Vec<(String, Weight)> = infos
         .into_par_iter()

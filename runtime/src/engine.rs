@@ -1,7 +1,12 @@
 //! The engine boundary: one decode step over a batch of tokens at given positions.
 //!
-//! Implementations: [`CpuEngine`] (the reference interpreter, here) and, on a GPU, the megakernel
+//! Implementations: [`CpuEngine`] (the reference interpreter, here), [`ScheduleEngine`] (an
+//! artifact's compiled programs on the CPU schedule executor) and, on a GPU, the megakernel
 //! engine. Everything above this trait (generation, speculative decoding, the server) is shared.
+
+mod schedule;
+
+pub use schedule::{ScheduleEngine, TargetProgram};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,6 +31,21 @@ pub struct StepOutput {
     pub features: Option<Vec<f32>>,
 }
 
+/// A drafted block verified where the step ran ([`Engine::verify_greedy`]): only the acceptance
+/// and the committed rows come back.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Verified {
+    /// Drafts accepted: the block's tokens `1..=accepted` equal the target's greedy choices.
+    pub accepted: usize,
+    /// The target's greedy tokens after block rows `0..=accepted`: the accepted drafts, then the
+    /// bonus token.
+    pub committed: Vec<u32>,
+    /// With capture layers set: the features of the committed rows, [accepted + 1, width].
+    pub features: Option<Vec<f32>>,
+    /// When asked for: the logits of the committed rows, [accepted + 1, vocab].
+    pub logits: Option<Vec<f32>>,
+}
+
 /// One model's decode step on some device, with its KV cache.
 pub trait Engine: Send {
     fn spec(&self) -> &ModelSpec;
@@ -43,6 +63,19 @@ pub trait Engine: Send {
     ) -> Result<StepOutput>;
     /// Empties the KV cache.
     fn reset(&mut self);
+    /// Verifies the drafted `block` (the last committed token, then drafts) greedily as
+    /// [`Engine::step`] would, with the [`mimo_ir::ops::Accept`] op running where the step runs,
+    /// so only the acceptance and the committed rows are read back. `None` (the default): this
+    /// engine does not accept on its device, nothing ran, and the caller steps and accepts itself.
+    fn verify_greedy(
+        &mut self,
+        block: &[u32],
+        positions: &[usize],
+        want_logits: bool,
+    ) -> Result<Option<Verified>> {
+        let _ = (block, positions, want_logits);
+        Ok(None)
+    }
     /// Makes every later step also return the hidden states of `layers` (empty: none). Engines
     /// that cannot capture them refuse any layer.
     fn set_capture_layers(&mut self, layers: &[usize]) -> Result<()> {
@@ -50,7 +83,7 @@ pub trait Engine: Send {
             return Ok(());
         }
         bail!(
-            "{} cannot capture hidden features, which speculative decoding needs; use the reference engine (a model directory or model.toml, not a compiled artifact)",
+            "{} cannot capture hidden features, which speculative decoding needs; run on the CPU (--device cpu: the reference engine, or the schedule executor for an artifact)",
             self.device()
         )
     }
@@ -198,71 +231,5 @@ impl Engine for CpuEngine {
             self.graphs.clear();
         }
         Ok(())
-    }
-}
-
-/// A compiled artifact's decode program on the CPU schedule executor: the same tasks, events and
-/// memory plan as the megakernel, one thread per worker queue. Prompts run one token per step
-/// (the program is compiled for one token).
-pub struct ScheduleEngine {
-    spec: ModelSpec,
-    exec: crate::exec::ScheduleExecutor,
-    max_context: usize,
-}
-
-impl ScheduleEngine {
-    pub fn new(spec: ModelSpec, exec: crate::exec::ScheduleExecutor, max_context: usize) -> Self {
-        ScheduleEngine {
-            spec,
-            exec,
-            max_context,
-        }
-    }
-}
-
-impl Engine for ScheduleEngine {
-    fn spec(&self) -> &ModelSpec {
-        &self.spec
-    }
-
-    fn max_context(&self) -> usize {
-        self.max_context
-    }
-
-    fn device(&self) -> String {
-        format!(
-            "cpu schedule executor ({} workers)",
-            self.exec.program().schedule.queues.len()
-        )
-    }
-
-    fn step(
-        &mut self,
-        tokens: &[u32],
-        positions: &[usize],
-        want_logits: bool,
-    ) -> Result<StepOutput> {
-        check_step(&self.spec, self.max_context, tokens, positions)?;
-        let mut out = StepOutput {
-            logits: want_logits.then(Vec::new),
-            next_ids: Vec::with_capacity(tokens.len()),
-            features: None,
-        };
-        for (&t, &p) in tokens.iter().zip(positions) {
-            let inputs = [
-                (TOKEN_IDS, Tensor::from_i32([1], vec![t as i32])),
-                (POSITIONS, Tensor::from_i32([1], vec![p as i32])),
-            ];
-            let mut r = self.exec.run_step(&inputs, &[LOGITS, NEXT_IDS])?;
-            out.next_ids.push(r[NEXT_IDS].i32()[0] as u32);
-            if let (Some(all), Some(l)) = (&mut out.logits, r.remove(LOGITS)) {
-                all.extend_from_slice(l.f32());
-            }
-        }
-        Ok(out)
-    }
-
-    fn reset(&mut self) {
-        self.exec.reset();
     }
 }

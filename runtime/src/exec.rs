@@ -7,6 +7,16 @@
 //! Tasks write disjoint regions and read only regions that the events they waited for cover;
 //! atomics keep the racing parts (a task copying a whole value while another writes an unrelated
 //! part of it) defined behaviour, and the acquire/release event counters order everything else.
+//!
+//! The state buffer may be shared with other programs of the same model ([`SharedState`]): a
+//! target's decode and verify programs, or a draft's programs for each context size, continue
+//! one sequence.
+
+mod programs;
+mod state;
+
+pub use programs::Programs;
+pub use state::SharedState;
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -46,6 +56,16 @@ pub enum ExecError {
     MissingOutput(String),
     #[error("the program's memory plan has no place for `{0}`")]
     Unplaced(String),
+    #[error(
+        "graph `{graph}` lays out its KV state unlike the programs it would share it with: {detail}"
+    )]
+    StateLayout { graph: String, detail: String },
+    #[error("output `{name}` has {have} rows; rows {rows:?} were asked for")]
+    Rows {
+        name: String,
+        rows: Range<usize>,
+        have: usize,
+    },
 }
 
 /// How a wait ended without its count.
@@ -61,7 +81,7 @@ pub struct ScheduleExecutor {
     program: Program,
     weights: F32Weights,
     arena: Vec<AtomicU32>,
-    state: Vec<AtomicU32>,
+    state: SharedState,
     events: Vec<AtomicU32>,
     step: u32,
     /// A wait longer than this is reported as stuck.
@@ -71,6 +91,18 @@ pub struct ScheduleExecutor {
 impl ScheduleExecutor {
     /// Checks that every value a task touches has a place, then allocates the buffers.
     pub fn new(program: Program, weights: F32Weights) -> Result<Self, ExecError> {
+        let state = SharedState::for_program(&program);
+        Self::with_state(program, weights, state)
+    }
+
+    /// [`ScheduleExecutor::new`] on a state buffer other programs of the model use too; refused
+    /// when the program lays its state out differently.
+    pub fn with_state(
+        program: Program,
+        weights: F32Weights,
+        state: SharedState,
+    ) -> Result<Self, ExecError> {
+        state.check(&program)?;
         let graph = &program.graph;
         for op in &program.ops {
             let touched = op
@@ -96,11 +128,7 @@ impl ScheduleExecutor {
             }
         }
         let words = |n: usize| (0..n).map(|_| AtomicU32::new(0)).collect::<Vec<_>>();
-        let (arena, state, events) = (
-            words(program.memory.arena_len),
-            words(program.memory.state_len),
-            words(program.events.len()),
-        );
+        let (arena, events) = (words(program.memory.arena_len), words(program.events.len()));
         Ok(ScheduleExecutor {
             program,
             weights,
@@ -116,12 +144,48 @@ impl ScheduleExecutor {
         &self.program
     }
 
-    /// Zeroes the state and the event counters: a new sequence.
+    /// The state buffer, to share with another program of the model.
+    pub fn state(&self) -> &SharedState {
+        &self.state
+    }
+
+    /// Zeroes the state (for every program sharing it) and the event counters: a new sequence.
     pub fn reset(&mut self) {
-        for w in self.state.iter().chain(&self.events) {
+        self.state.clear();
+        for w in &self.events {
             w.store(0, Ordering::Relaxed);
         }
         self.step = 0;
+    }
+
+    /// Rows `rows` (along the first axis) of output `name` of the last step, reading no other
+    /// element: after a verify step the host needs only the committed rows of `features`.
+    pub fn read_rows(&self, name: &str, rows: Range<usize>) -> Result<Tensor, ExecError> {
+        let v = self
+            .program
+            .graph
+            .output(name)
+            .ok_or_else(|| ExecError::MissingOutput(name.to_string()))?;
+        let ty: &TensorType = self.program.graph.value_type(v);
+        let have = ty.shape.first().copied().unwrap_or(1);
+        if rows.start > rows.end || rows.end > have {
+            return Err(ExecError::Rows {
+                name: name.to_string(),
+                rows,
+                have,
+            });
+        }
+        let row: usize = ty.shape.iter().skip(1).product();
+        let loc = self.location(v);
+        let words = &self.buffer(loc)[loc.offset + rows.start * row..loc.offset + rows.end * row];
+        let mut shape = ty.shape.clone();
+        if let Some(first) = shape.first_mut() {
+            *first = rows.len();
+        }
+        Ok(Tensor {
+            shape,
+            data: decode_words(ty, words),
+        })
     }
 
     /// Runs one step, one thread per worker queue.
@@ -333,7 +397,7 @@ impl ScheduleExecutor {
     fn buffer(&self, loc: Location) -> &[AtomicU32] {
         match loc.buffer {
             Buffer::Arena => &self.arena,
-            Buffer::State => &self.state,
+            Buffer::State => self.state.words(),
         }
     }
 
@@ -342,16 +406,20 @@ impl ScheduleExecutor {
         let ty: &TensorType = self.program.graph.value_type(v);
         let loc = self.location(v);
         let words = &self.buffer(loc)[loc.offset..loc.offset + loc.len];
-        let bits = words.iter().map(|w| w.load(Ordering::Relaxed));
-        let data = if ty.dtype.is_int() {
-            TensorData::I32(bits.map(|b| b as i32).collect())
-        } else {
-            TensorData::F32(bits.map(f32::from_bits).collect())
-        };
         Tensor {
             shape: ty.shape.clone(),
-            data,
+            data: decode_words(ty, words),
         }
+    }
+}
+
+/// The elements of a value of type `ty` from their words.
+fn decode_words(ty: &TensorType, words: &[AtomicU32]) -> TensorData {
+    let bits = words.iter().map(|w| w.load(Ordering::Relaxed));
+    if ty.dtype.is_int() {
+        TensorData::I32(bits.map(|b| b as i32).collect())
+    } else {
+        TensorData::F32(bits.map(f32::from_bits).collect())
     }
 }
 

@@ -6,8 +6,10 @@
 //! - [`tokenizer`]: `tokenizer.json`, streaming detokenisation, end-of-sequence ids;
 //! - [`model`]: a model path (HF directory or `model.toml`) to a [`LoadedModel`];
 //! - [`error`]: [`LoadError`], one line that names the file, tensor or field at fault;
-//! - [`exec`]: the CPU schedule executor, running a compiled program task by task;
-//! - [`engine`]: the [`engine::Engine`] step boundary and the CPU (reference) engine;
+//! - [`exec`]: the CPU schedule executor, running a compiled program task by task, and the
+//!   programs of one model by shape, sharing its KV state;
+//! - [`engine`]: the [`engine::Engine`] step boundary and the CPU engines (the reference
+//!   interpreter, and an artifact's programs on the schedule executor);
 //! - [`sampling`]: greedy and seeded temperature / top-p sampling;
 //! - [`session`]: a model path and a device choice to a ready engine;
 //! - [`generate`]: autoregressive generation over any engine, streaming tokens;

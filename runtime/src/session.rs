@@ -5,13 +5,14 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use mimo_compiler::CompileOptions;
 use mimo_compiler::artifact::{self, Artifact};
+use mimo_ir::ModelSpec;
 use mimo_ir::interp::F32Weights;
 
 use crate::builtin;
 use crate::cuda;
-use crate::engine::{CpuEngine, Engine, ScheduleEngine};
-use crate::exec::ScheduleExecutor;
+use crate::engine::{CpuEngine, Engine, ScheduleEngine, TargetProgram};
 use crate::model::{LoadedModel, load_model};
 use crate::tokenizer::Tokenizer;
 
@@ -142,15 +143,9 @@ fn interpreter_session(
     }
 }
 
-/// An artifact runs on the GPU megakernel when one is usable, else on the CPU schedule executor,
-/// with the weights of the model it was compiled from (refused when that model no longer
-/// matches). With `--device auto` a GPU that fails to take the model leaves the CPU, with a note.
-fn open_artifact(
-    dir: &Path,
-    gpu: Option<cuda::DeviceInfo>,
-    device: DeviceChoice,
-    mut notes: Vec<String>,
-) -> Result<Session> {
+/// An artifact and the model it was compiled from, whose weights it runs with; refused when
+/// that model changed since (its config hashes differently).
+pub(crate) fn load_artifact_model(dir: &Path) -> Result<(Artifact, LoadedModel)> {
     let art = Artifact::open(dir)?;
     let source = art.manifest.model.source.clone().with_context(|| {
         format!(
@@ -167,6 +162,55 @@ fn open_artifact(
             source.display()
         );
     }
+    Ok((art, model))
+}
+
+/// How programs an artifact lacks are compiled: for the machine its own were.
+pub(crate) fn artifact_compile_options(art: &Artifact) -> Result<CompileOptions> {
+    let program = art
+        .program("decode")
+        .with_context(|| format!("{}: no `decode` graph", art.dir.display()))?;
+    Ok(CompileOptions::for_machine(program.machine))
+}
+
+/// The artifact's target programs (`decode`, and `verify` when it has one) on the CPU schedule
+/// executor.
+pub(crate) fn schedule_engine(
+    art: &Artifact,
+    spec: ModelSpec,
+    weights: F32Weights,
+) -> Result<ScheduleEngine> {
+    let options = artifact_compile_options(art)?;
+    let mut engine = ScheduleEngine::new(spec, weights, art.manifest.model.max_context, options);
+    for g in &art.manifest.graphs {
+        let which = match (g.name.as_str(), &g.capture_layers) {
+            ("decode", None) => TargetProgram::Decode,
+            ("verify", Some(capture)) => TargetProgram::Verify {
+                tokens: g.tokens,
+                capture: capture.clone(),
+            },
+            _ => continue,
+        };
+        let program = art
+            .program(&g.name)
+            .with_context(|| format!("{}: no `{}` graph", art.dir.display(), g.name))?;
+        engine
+            .insert(which, program.clone())
+            .with_context(|| format!("{}: graph `{}`", art.dir.display(), g.name))?;
+    }
+    Ok(engine)
+}
+
+/// An artifact runs on the GPU megakernel when one is usable, else on the CPU schedule executor,
+/// with the weights of the model it was compiled from (refused when that model no longer
+/// matches). With `--device auto` a GPU that fails to take the model leaves the CPU, with a note.
+fn open_artifact(
+    dir: &Path,
+    gpu: Option<cuda::DeviceInfo>,
+    device: DeviceChoice,
+    mut notes: Vec<String>,
+) -> Result<Session> {
+    let (art, model) = load_artifact_model(dir)?;
     if let Some(info) = &gpu {
         match cuda::CudaEngine::from_artifact(
             info,
@@ -193,12 +237,8 @@ fn open_artifact(
             )),
         }
     }
-    let program = art
-        .program("decode")
-        .with_context(|| format!("{}: no `decode` graph", dir.display()))?
-        .clone();
-    let exec = ScheduleExecutor::new(program, F32Weights::from_store(&model.weights))?;
-    let engine = ScheduleEngine::new(model.spec, exec, art.manifest.model.max_context);
+    let weights = F32Weights::from_store(&model.weights);
+    let engine = schedule_engine(&art, model.spec, weights)?;
     Ok(Session {
         engine: Box::new(engine),
         tokenizer: model.tokenizer,

@@ -7,10 +7,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use mimo_compiler::artifact::{self, ArtifactFiles, GraphEntry, KernelEntry, Manifest, ModelEntry};
+use mimo_compiler::artifact::{
+    self, ArtifactFiles, DraftEntry, GraphEntry, KernelEntry, Manifest, ModelEntry,
+};
 use mimo_compiler::report::{self, ReportInputs};
-use mimo_compiler::{CompileOptions, Machine, abi, codegen, compile, nvrtc, resources};
+use mimo_compiler::{CompileOptions, Machine, Program, abi, codegen, compile, nvrtc, resources};
 use mimo_ir::model::decode_graph;
+use mimo_ir::model::dflash::{draft_graph, verify_graph};
 
 /// Compile a model (model.toml or Hugging Face directory) into an artifact: the fused graphs, the
 /// schedule, the megakernel source, its CUBIN (when NVRTC is available) and a report.
@@ -84,6 +87,18 @@ fn run(args: Args) -> Result<()> {
         .context("compiling the decode graph")?;
     abi::encode(&program).context("encoding the task tables")?;
 
+    let speculative = match resolved
+        .model_toml
+        .as_ref()
+        .and_then(|t| t.speculative.as_ref())
+    {
+        Some(s) => {
+            progress.stage("building and fusing the DFlash verify and draft graphs");
+            Some(compile_speculative(s, &spec, max_context, machine)?)
+        }
+        None => None,
+    };
+
     progress.stage("generating kernel.cu");
     let templates: Vec<(&str, &str)> = mimo::TEMPLATES.to_vec();
     let source = codegen::kernel_source(&templates, &codegen::generated_header(&spec, &program))?;
@@ -111,8 +126,21 @@ fn run(args: Args) -> Result<()> {
 
     progress.stage("writing the artifact");
     let source_path = std::path::absolute(&args.model).unwrap_or(args.model.clone());
-    let programs = [("decode", &program)];
-    let report = report::render(&ReportInputs {
+    let mut programs = vec![("decode", &program)];
+    let mut graphs = vec![GraphEntry {
+        name: "decode".into(),
+        tokens: 1,
+        tasks: program.tasks.len(),
+        events: program.events.len(),
+        workers: machine.workers,
+        capture_layers: None,
+        context_rows: None,
+    }];
+    if let Some(s) = &speculative {
+        programs.push(("verify", &s.verify));
+        graphs.extend(s.graph_entries(machine.workers));
+    }
+    let mut report = report::render(&ReportInputs {
         spec: &spec,
         source: &args.model.display().to_string(),
         arch: &args.arch,
@@ -123,6 +151,10 @@ fn run(args: Args) -> Result<()> {
         resources: resources.as_deref(),
         compile_seconds: started.elapsed().as_secs_f64(),
     });
+    if let Some(s) = &speculative {
+        report.push_str(&s.report());
+        programs.push(("draft", &s.draft));
+    }
     let manifest = Manifest {
         format_version: artifact::FORMAT_VERSION,
         compiler_version: artifact::COMPILER_VERSION.to_string(),
@@ -133,13 +165,7 @@ fn run(args: Args) -> Result<()> {
             max_context,
             spec: spec.clone(),
         },
-        graphs: vec![GraphEntry {
-            name: "decode".into(),
-            tokens: 1,
-            tasks: program.tasks.len(),
-            events: program.events.len(),
-            workers: machine.workers,
-        }],
+        graphs,
         kernel: KernelEntry {
             source: "kernel.cu".into(),
             source_hash: artifact::fnv1a(source.as_bytes()),
@@ -148,6 +174,7 @@ fn run(args: Args) -> Result<()> {
                 .as_ref()
                 .map(|_| format!("kernel.{}.cubin", args.arch)),
         },
+        draft: speculative.as_ref().map(|s| s.entry.clone()),
     };
     artifact::write(
         &args.output,
@@ -186,6 +213,92 @@ fn run(args: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The DFlash programs of a model.toml's `[speculative]` table: the target's verify step over a
+/// block (capturing the draft's target layers, accepting on the device) and the draft's pass
+/// over a block with a block of new context rows. Other block lengths and context sizes are
+/// compiled by the runtime when they occur.
+struct Speculative {
+    entry: DraftEntry,
+    verify: Program,
+    draft: Program,
+}
+
+fn compile_speculative(
+    s: &mimo_ir::model::config::Speculative,
+    spec: &mimo_ir::ModelSpec,
+    max_context: usize,
+    machine: Machine,
+) -> Result<Speculative> {
+    let (draft, dir) = mimo_runtime::draft::resolve_draft(&s.draft, spec)
+        .with_context(|| format!("reading the draft {}", s.draft.display()))?;
+    let block = s.block_size.unwrap_or(draft.block_size);
+    let opts = CompileOptions::for_machine(machine);
+    let graph = verify_graph(spec, block, max_context, &draft.target_layer_ids)
+        .context("building the verify graph")?;
+    let verify = compile(&graph, &opts).context("compiling the verify graph")?;
+    let graph =
+        draft_graph(&draft, spec, block, block, max_context).context("building the draft graph")?;
+    let draft_program = compile(&graph, &opts).context("compiling the draft graph")?;
+    Ok(Speculative {
+        entry: DraftEntry {
+            source: std::path::absolute(&dir).unwrap_or(dir),
+            config_hash: artifact::draft_hash(&draft),
+            block_size: block,
+            spec: draft,
+        },
+        verify,
+        draft: draft_program,
+    })
+}
+
+impl Speculative {
+    fn graph_entries(&self, workers: usize) -> [GraphEntry; 2] {
+        let block = self.entry.block_size;
+        let entry = |name: &str, p: &Program| GraphEntry {
+            name: name.into(),
+            tokens: block,
+            tasks: p.tasks.len(),
+            events: p.events.len(),
+            workers,
+            capture_layers: None,
+            context_rows: None,
+        };
+        [
+            GraphEntry {
+                capture_layers: Some(self.entry.spec.target_layer_ids.clone()),
+                ..entry("verify", &self.verify)
+            },
+            GraphEntry {
+                context_rows: Some(block),
+                ..entry("draft", &self.draft)
+            },
+        ]
+    }
+
+    /// The draft's section of report.md (the byte counts above are the target's).
+    fn report(&self) -> String {
+        let (d, p) = (&self.entry.spec, &self.draft);
+        format!(
+            "## Graph `draft` (DFlash, block of {b} tokens, {b} context rows)\n\n\
+             - draft: `{}`, {} layers, hidden {}, {} heads ({} KV), capturing target layers {:?}\n\
+             - fused ops: {}; tasks per step: {}; events per step: {}; workers: {}\n\
+             - cost-model estimate of the step: {:.1} us\n",
+            self.entry.source.display(),
+            d.num_layers,
+            d.hidden_size,
+            d.num_heads,
+            d.num_kv_heads,
+            d.target_layer_ids,
+            p.ops.len(),
+            p.tasks.len(),
+            p.events.len(),
+            p.schedule.queues.len(),
+            p.schedule.makespan_us,
+            b = self.entry.block_size,
+        )
+    }
 }
 
 /// ptxas's table lists every function with its stack and spills, but registers only for

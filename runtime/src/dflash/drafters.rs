@@ -1,10 +1,12 @@
-//! The drafters: the DFlash draft model on the reference interpreter, and two test drafters whose
-//! acceptance is known in advance (every draft right, every draft wrong).
+//! The drafters: the DFlash draft model, on the reference interpreter or on compiled programs
+//! ([`DraftRunner`]), and two test drafters whose acceptance is known in advance (every draft
+//! right, every draft wrong).
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use mimo_ir::interp::{self, F32Weights, StateStore};
 use mimo_ir::model::build::{LOGITS, POSITIONS, TOKEN_IDS};
 use mimo_ir::model::dflash::graph::{ATTN_POSITIONS, CONTEXT, DRAFT_IDS, KV_POSITIONS};
@@ -13,28 +15,101 @@ use mimo_ir::{Graph, ModelSpec, Tensor};
 
 use super::{DraftContext, Drafter};
 
-/// The DFlash draft model, run by the reference interpreter with its own cache of context keys
-/// and values (state `draft.layers.L.{k,v}_cache`).
-pub struct DFlashDrafter {
-    spec: DraftSpec,
-    target: ModelSpec,
+/// Where a [`DFlashDrafter`] runs its draft graphs, keeping the draft's cache of context keys and
+/// values (state `draft.layers.L.{k,v}_cache`) from one call to the next.
+pub trait DraftRunner: Send {
+    /// Runs the draft graph of `shape` (block tokens, new context rows), which `graph` builds
+    /// when the runner has not seen the shape, on `inputs`; returns `outputs`.
+    fn run(
+        &mut self,
+        shape: (usize, usize),
+        graph: &dyn Fn() -> Result<Graph>,
+        inputs: &[(&str, Tensor)],
+        outputs: &[&str],
+    ) -> Result<HashMap<String, Tensor>>;
+    /// Empties the draft cache.
+    fn reset(&mut self);
+}
+
+/// The reference interpreter as a [`DraftRunner`].
+pub struct InterpreterRunner {
     /// The target's weights and the draft's, in one store (the draft reads `embed` and
     /// `lm_head`).
     weights: Arc<F32Weights>,
     state: StateStore,
-    max_context: usize,
-    block_size: usize,
-    /// Graphs by (block length, new context rows): the prompt's rows once, then 1 to B.
     graphs: HashMap<(usize, usize), Graph>,
 }
 
+impl InterpreterRunner {
+    pub fn new(weights: Arc<F32Weights>) -> Self {
+        InterpreterRunner {
+            weights,
+            state: StateStore::new(),
+            graphs: HashMap::new(),
+        }
+    }
+}
+
+impl DraftRunner for InterpreterRunner {
+    fn run(
+        &mut self,
+        shape: (usize, usize),
+        graph: &dyn Fn() -> Result<Graph>,
+        inputs: &[(&str, Tensor)],
+        outputs: &[&str],
+    ) -> Result<HashMap<String, Tensor>> {
+        let g = match self.graphs.entry(shape) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(graph()?),
+        };
+        let mut out = interp::run(g, &self.weights, &mut self.state, inputs)?;
+        out.retain(|name, _| outputs.contains(&name.as_str()));
+        Ok(out)
+    }
+
+    fn reset(&mut self) {
+        self.state.clear();
+    }
+}
+
+/// The DFlash draft model on a [`DraftRunner`].
+///
+/// Its graphs have fixed shapes (block tokens B, new context rows C), and a compiled program per
+/// shape costs a compilation and an arena, so the drafter keeps the shapes few: it always drafts
+/// a whole block of B, as the reference does, and returns the drafts asked for (a shorter block
+/// only where a whole one would pass the end of the cache); and it feeds a prompt's context in
+/// pieces of at most B rows, the last piece with the block. Context keys and values depend on
+/// their own row alone, so the pieces fill the cache exactly as one pass would; the block passes
+/// that go with the earlier pieces are thrown away (their block rows are rewritten by the last
+/// one). So C is always in 1..=B, and a generation needs at most B programs.
+pub struct DFlashDrafter {
+    spec: DraftSpec,
+    target: ModelSpec,
+    runner: Box<dyn DraftRunner>,
+    max_context: usize,
+    block_size: usize,
+}
+
 impl DFlashDrafter {
-    /// A drafter for `target` on `weights` (which must hold the draft's and the target's),
-    /// drafting blocks of `block_size` (default: the draft's own) within `max_context` positions.
+    /// A drafter for `target` on the reference interpreter over `weights` (which must hold the
+    /// draft's and the target's), drafting blocks of `block_size` (default: the draft's own)
+    /// within `max_context` positions.
     pub fn new(
         spec: DraftSpec,
         target: &ModelSpec,
         weights: Arc<F32Weights>,
+        max_context: usize,
+        block_size: Option<usize>,
+    ) -> Result<Self> {
+        let runner = Box::new(InterpreterRunner::new(weights));
+        Self::with_runner(spec, target, runner, max_context, block_size)
+    }
+
+    /// [`DFlashDrafter::new`] on another runner (compiled programs).
+    pub fn with_runner(
+        spec: DraftSpec,
+        target: &ModelSpec,
+        runner: Box<dyn DraftRunner>,
         max_context: usize,
         block_size: Option<usize>,
     ) -> Result<Self> {
@@ -47,11 +122,9 @@ impl DFlashDrafter {
         Ok(DFlashDrafter {
             spec,
             target: target.clone(),
-            weights,
-            state: StateStore::new(),
+            runner,
             max_context,
             block_size,
-            graphs: HashMap::new(),
         })
     }
 
@@ -75,7 +148,7 @@ impl Drafter for DFlashDrafter {
     }
 
     fn reset(&mut self) {
-        self.state.clear();
+        self.runner.reset();
     }
 
     fn propose(&mut self, ctx: &DraftContext<'_>) -> Result<Vec<u32>> {
@@ -84,8 +157,8 @@ impl Drafter for DFlashDrafter {
 }
 
 impl DFlashDrafter {
-    /// [`Drafter::propose`], with the draft's logits of every block row, [B, vocab] row-major
-    /// (row 0, after the committed token, proposes nothing).
+    /// [`Drafter::propose`], with the draft's logits of every row of the drafted block,
+    /// [block, vocab] row-major (row 0, after the committed token, proposes nothing).
     pub fn propose_with_logits(&mut self, ctx: &DraftContext<'_>) -> Result<(Vec<u32>, Vec<f32>)> {
         let width = self.spec.feature_dim();
         let Some(&last) = ctx.tokens.last() else {
@@ -97,11 +170,19 @@ impl DFlashDrafter {
                 ctx.features.len()
             );
         }
-        let (start, rows, block) = (
-            ctx.tokens.len() - 1,
-            ctx.features.len() / width,
-            ctx.count + 1,
-        );
+        let (start, rows) = (ctx.tokens.len() - 1, ctx.features.len() / width);
+        if ctx.count + 1 > self.block_size {
+            bail!(
+                "asked for {} drafts, more than a block of {} holds",
+                ctx.count,
+                self.block_size
+            );
+        }
+        let block = if start + self.block_size <= self.max_context {
+            self.block_size
+        } else {
+            ctx.count + 1
+        };
         if rows > start || start + block > self.max_context {
             bail!(
                 "a block at {start}..{} with {rows} context rows does not fit the draft's context of {}",
@@ -109,33 +190,48 @@ impl DFlashDrafter {
                 self.max_context
             );
         }
-        let key = (block, rows);
-        if !self.graphs.contains_key(&key) {
-            let g = draft_graph(&self.spec, &self.target, block, rows, self.max_context)
-                .with_context(|| {
-                    format!("building the draft graph (block {block}, {rows} context rows)")
-                })?;
-            self.graphs.insert(key, g);
-        }
         let mask = self.spec.mask_token_id as usize;
-        let inputs = [
-            (
-                TOKEN_IDS,
-                i32s(std::iter::once(last as usize).chain(std::iter::repeat_n(mask, ctx.count))),
-            ),
-            (POSITIONS, i32s(start..start + block)),
-            (
-                CONTEXT,
-                Tensor::from_f32([rows, width], ctx.features.to_vec()),
-            ),
-            (KV_POSITIONS, i32s(start - rows..start + block)),
-            (
-                ATTN_POSITIONS,
-                i32s(std::iter::repeat_n(start + block - 1, block)),
-            ),
-        ];
-        let mut out = interp::run(&self.graphs[&key], &self.weights, &mut self.state, &inputs)?;
-        let ids = out[DRAFT_IDS].i32()[1..]
+        let block_ids =
+            i32s(std::iter::once(last as usize).chain(std::iter::repeat_n(mask, block - 1)));
+        let block_positions = i32s(start..start + block);
+        let attn_positions = i32s(std::iter::repeat_n(start + block - 1, block));
+        // Pieces of at most B rows; the first takes the remainder, so the last (the one whose
+        // block is kept) is a whole B whenever the context is.
+        let piece = self.block_size;
+        let first = match rows % piece {
+            0 => piece.min(rows),
+            r => r,
+        };
+        let mut from = 0;
+        let mut out = HashMap::new();
+        while from < rows {
+            let n = if from == 0 { first } else { piece };
+            let context = Tensor::from_f32(
+                [n, width],
+                ctx.features[from * width..][..n * width].to_vec(),
+            );
+            let p0 = start - rows + from;
+            let inputs = [
+                (TOKEN_IDS, block_ids.clone()),
+                (POSITIONS, block_positions.clone()),
+                (CONTEXT, context),
+                (KV_POSITIONS, i32s((p0..p0 + n).chain(start..start + block))),
+                (ATTN_POSITIONS, attn_positions.clone()),
+            ];
+            let (spec, target, max_context) = (&self.spec, &self.target, self.max_context);
+            let graph = || -> Result<Graph> {
+                draft_graph(spec, target, block, n, max_context).map_err(|e| {
+                    anyhow::anyhow!(
+                        "building the draft graph (block {block}, {n} context rows): {e}"
+                    )
+                })
+            };
+            out = self
+                .runner
+                .run((block, n), &graph, &inputs, &[DRAFT_IDS, LOGITS])?;
+            from += n;
+        }
+        let ids = out[DRAFT_IDS].i32()[1..=ctx.count]
             .iter()
             .map(|&t| t as u32)
             .collect();

@@ -16,11 +16,11 @@ use super::*;
 use crate::engine::CpuEngine;
 use crate::generate::generate;
 
-const NEW: usize = 256;
-const BLOCK: usize = 16;
-const CONTEXT: usize = 1024;
+pub(super) const NEW: usize = 256;
+pub(super) const BLOCK: usize = 16;
+pub(super) const CONTEXT: usize = 1024;
 
-fn target_spec() -> ModelSpec {
+pub(super) fn target_spec() -> ModelSpec {
     ModelSpec {
         architecture: Architecture::Qwen3Moe,
         vocab_size: 128,
@@ -45,7 +45,7 @@ fn target_spec() -> ModelSpec {
 }
 
 /// A two-layer DFlash draft reading target layers 0 and 2.
-fn draft_spec() -> DraftSpec {
+pub(super) fn draft_spec() -> DraftSpec {
     DraftSpec {
         hidden_size: 64,
         num_layers: 2,
@@ -64,14 +64,19 @@ fn draft_spec() -> DraftSpec {
     }
 }
 
+/// The random target's weights and a random DFlash draft's, in one store.
+pub(super) fn weights() -> F32Weights {
+    let mut store = random_weights(&target_spec(), 3).unwrap();
+    for (name, w) in random_draft_weights(&draft_spec(), 17).unwrap().iter() {
+        store.insert(name, w.clone());
+    }
+    F32Weights::from_store(&store)
+}
+
 /// The target and a random DFlash draft on one weight store.
 fn pair() -> (CpuEngine, DFlashDrafter) {
     let (spec, draft) = (target_spec(), draft_spec());
-    let mut store = random_weights(&spec, 3).unwrap();
-    for (name, w) in random_draft_weights(&draft, 17).unwrap().iter() {
-        store.insert(name, w.clone());
-    }
-    let weights = Arc::new(F32Weights::from_store(&store));
+    let weights = Arc::new(weights());
     let engine = CpuEngine::with_shared_weights(spec.clone(), weights.clone(), CONTEXT);
     let drafter = DFlashDrafter::new(draft, &spec, weights, CONTEXT, None).unwrap();
     (engine, drafter)
@@ -123,7 +128,7 @@ fn plain_sequence(req: &GenerateRequest, output: &[u32]) -> Vec<u32> {
     s
 }
 
-fn go(_: u32) -> ControlFlow<()> {
+pub(super) fn go(_: u32) -> ControlFlow<()> {
     ControlFlow::Continue(())
 }
 
@@ -136,7 +141,7 @@ fn spec_run(
 }
 
 /// Plain decoding with [`sample_at`]: one target step per token.
-fn positional_reference(engine: &mut CpuEngine, req: &GenerateRequest) -> Vec<u32> {
+pub(super) fn positional_reference(engine: &mut dyn Engine, req: &GenerateRequest) -> Vec<u32> {
     engine.reset();
     let mut tokens = req.prompt_ids.clone();
     let (mut fed, vocab) = (0, engine.spec().vocab_size);

@@ -27,29 +27,32 @@ impl From<Device> for DeviceChoice {
     }
 }
 
-/// The draft to decode with, from `--draft` or the model.toml's `[speculative]`, and the block
-/// size (`--block-size`, then the model.toml's); None without either.
+/// The draft to decode with, from `--draft`, the model.toml's `[speculative]` or the draft an
+/// artifact was compiled for, and the block size (`--block-size`, then the model.toml's or the
+/// artifact's); None without any.
 pub fn speculative_choice(
     model: Option<&Path>,
     draft: Option<&Path>,
     block_size: Option<u64>,
 ) -> Result<Option<(PathBuf, Option<usize>)>> {
     let block = block_size.map(|b| b as usize);
-    let toml = match model {
-        Some(path) if !builtin::is_builtin(path) && !Artifact::is_artifact(path) => {
-            resolve_model(path)
-                .with_context(|| format!("loading {}", path.display()))?
-                .model_toml
-                .and_then(|t| t.speculative)
-        }
+    let configured = match model {
+        Some(path) if Artifact::is_artifact(path) => Artifact::manifest(path)?
+            .draft
+            .map(|d| (d.source, Some(d.block_size))),
+        Some(path) if !builtin::is_builtin(path) => resolve_model(path)
+            .with_context(|| format!("loading {}", path.display()))?
+            .model_toml
+            .and_then(|t| t.speculative)
+            .map(|s| (s.draft, s.block_size)),
         _ => None,
     };
-    Ok(match (draft, toml) {
-        (Some(draft), toml) => Some((
+    Ok(match (draft, configured) {
+        (Some(draft), configured) => Some((
             draft.to_path_buf(),
-            block.or(toml.and_then(|t| t.block_size)),
+            block.or(configured.and_then(|(_, b)| b)),
         )),
-        (None, Some(t)) => Some((t.draft, block.or(t.block_size))),
+        (None, Some((draft, b))) => Some((draft, block.or(b))),
         (None, None) if block.is_some() => {
             bail!("--block-size needs a draft: --draft PATH, or [speculative] in a model.toml")
         }
