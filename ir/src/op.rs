@@ -171,7 +171,7 @@ pub fn expect_arity(op: &dyn Op, inputs: &[TensorType]) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! Every op's tiling is checked against its reference: computing an op tile by tile, where
     //! each tile sees only the operand regions it declares (everything else poisoned with NaN),
     //! must reproduce the whole-op result, and the tiles' writes must cover the result exactly once.
@@ -266,7 +266,14 @@ mod tests {
         t
     }
 
-    fn check_graph_tiling(graph: &Graph, weights: &F32Weights, inputs: &[(&str, Tensor)]) {
+    /// Computes every op of `graph` tile by tile, each tile seeing only the operand regions it
+    /// declares, and requires the whole-op result, every result element written by one tile.
+    /// The model builders' tests run it over their graphs too.
+    pub(crate) fn check_graph_tiling(
+        graph: &Graph,
+        weights: &F32Weights,
+        inputs: &[(&str, Tensor)],
+    ) {
         let mut rng = Rng::new(11);
         let values = evaluate_all(graph, weights, inputs, &mut rng);
         for &idx in graph.topo_order() {

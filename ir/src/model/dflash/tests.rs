@@ -5,16 +5,15 @@ use std::path::Path;
 
 use super::graph::{ATTN_POSITIONS, CONTEXT, DRAFT_IDS, KV_POSITIONS};
 use super::*;
-use crate::graph::{Graph, NodeKind};
+use crate::graph::Graph;
 use crate::interp::{self, F32Weights, StateStore};
 use crate::model::Architecture;
 use crate::model::build::{
     ACCEPTED, COMMITTED, FEATURES, LOGITS, NEXT_IDS, POSITIONS, TOKEN_IDS, decode_graph,
 };
 use crate::model::random::random_weights;
-use crate::op::{Io, Region};
+use crate::op::tests::check_graph_tiling;
 use crate::tensor::Tensor;
-use crate::types::TensorType;
 
 fn tiny_qwen3() -> ModelSpec {
     ModelSpec::tiny(Architecture::Qwen3Moe)
@@ -298,165 +297,6 @@ fn refuses_what_it_does_not_implement_by_name() {
 }
 
 // --- tiling: the same property `op.rs` checks for the decode graph, over the DFlash graphs ---
-
-fn in_region(shape: &[usize], region: &Region, flat: usize) -> bool {
-    let mut rem = flat;
-    let mut inside = true;
-    for (axis, &d) in shape.iter().enumerate().rev() {
-        inside &= region[axis].contains(&(rem % d));
-        rem /= d;
-    }
-    inside
-}
-
-fn poison_outside(t: &Tensor, regions: &[&Region]) -> Tensor {
-    let mut t = t.clone();
-    if t.is_i32() {
-        return t;
-    }
-    let shape = t.shape.clone();
-    for (i, v) in t.f32_mut().iter_mut().enumerate() {
-        if !regions.iter().any(|r| in_region(&shape, r, i)) {
-            *v = f32::NAN;
-        }
-    }
-    t
-}
-
-/// Every value of `graph`, with whole-op references and random starting state.
-fn evaluate_all(graph: &Graph, w: &F32Weights, inputs: &[(&str, Tensor)]) -> Vec<Vec<Tensor>> {
-    let mut rng = crate::math::Rng::new(11);
-    let mut values: Vec<Vec<Tensor>> = vec![Vec::new(); graph.node_count()];
-    for &idx in graph.topo_order() {
-        let node = graph.node(idx);
-        values[idx.index()] = match &node.kind {
-            NodeKind::Input => vec![
-                inputs
-                    .iter()
-                    .find(|(n, _)| *n == node.name)
-                    .unwrap()
-                    .1
-                    .clone(),
-            ],
-            NodeKind::Weight => vec![(**w.get(&node.name).unwrap()).clone()],
-            NodeKind::State => {
-                let n = node.outputs[0].numel();
-                vec![Tensor::from_f32(
-                    node.outputs[0].shape.clone(),
-                    (0..n).map(|_| rng.normal(1.0)).collect(),
-                )]
-            }
-            NodeKind::Op(op) => {
-                let operands: Vec<&Tensor> = node
-                    .inputs
-                    .iter()
-                    .map(|v| &values[v.node.index()][v.output])
-                    .collect();
-                let mut outs: Vec<Tensor> = node.outputs.iter().map(Tensor::zeros).collect();
-                for &(o, i) in op.in_place() {
-                    outs[o] = operands[i].clone();
-                }
-                let types: Vec<TensorType> = node
-                    .inputs
-                    .iter()
-                    .map(|v| graph.value_type(*v).clone())
-                    .collect();
-                let units = op.work_units(Io {
-                    inputs: &types,
-                    outputs: &node.outputs,
-                });
-                op.reference(&operands, &mut outs, 0..units);
-                outs
-            }
-        };
-    }
-    values
-}
-
-/// Computes every op tile by tile, each tile seeing only the operand regions it declares, and
-/// requires the whole-op result, with every result element written by exactly one tile.
-fn check_graph_tiling(graph: &Graph, w: &F32Weights, inputs: &[(&str, Tensor)]) {
-    let values = evaluate_all(graph, w, inputs);
-    for &idx in graph.topo_order() {
-        let node = graph.node(idx);
-        let Some(op) = node.op() else { continue };
-        let types: Vec<TensorType> = node
-            .inputs
-            .iter()
-            .map(|v| graph.value_type(*v).clone())
-            .collect();
-        let io = Io {
-            inputs: &types,
-            outputs: &node.outputs,
-        };
-        let units = op.work_units(io);
-        let operands: Vec<&Tensor> = node
-            .inputs
-            .iter()
-            .map(|v| &values[v.node.index()][v.output])
-            .collect();
-        for tile in [1, 2, 3, 5] {
-            let mut covered: Vec<Vec<u8>> =
-                node.outputs.iter().map(|t| vec![0; t.numel()]).collect();
-            for start in (0..units).step_by(tile) {
-                let range = start..(start + tile).min(units);
-                let access = op.access(io, range.clone());
-                let masked: Vec<Tensor> = operands
-                    .iter()
-                    .enumerate()
-                    .map(|(slot, t)| {
-                        let regions: Vec<&Region> = access
-                            .reads
-                            .iter()
-                            .filter(|(s, _)| *s == slot)
-                            .map(|(_, r)| r)
-                            .collect();
-                        poison_outside(t, &regions)
-                    })
-                    .collect();
-                let mut outs: Vec<Tensor> = node
-                    .outputs
-                    .iter()
-                    .map(|t| poison_outside(&Tensor::zeros(t), &[]))
-                    .collect();
-                for &(o, i) in op.in_place() {
-                    outs[o] = operands[i].clone();
-                }
-                let empty = Tensor::empty();
-                let mut refs: Vec<&Tensor> = masked.iter().collect();
-                for &(_, i) in op.in_place() {
-                    refs[i] = &empty;
-                }
-                op.reference(&refs, &mut outs, range.clone());
-                for (out, region) in &access.writes {
-                    let shape = &node.outputs[*out].shape;
-                    let (got, want) = (&outs[*out], &values[idx.index()][*out]);
-                    for (i, count) in covered[*out].iter_mut().enumerate() {
-                        if in_region(shape, region, i) {
-                            *count += 1;
-                            let same = match got.is_i32() {
-                                true => got.i32()[i] == want.i32()[i],
-                                false => got.f32()[i].to_bits() == want.f32()[i].to_bits(),
-                            };
-                            assert!(
-                                same,
-                                "{}: result {out}: tile {range:?} of {tile} differs at {i}",
-                                node.name
-                            );
-                        }
-                    }
-                }
-            }
-            for (out, c) in covered.iter().enumerate() {
-                assert!(
-                    c.iter().all(|&n| n == 1),
-                    "{}: result {out} not covered exactly once by tiles of {tile}",
-                    node.name
-                );
-            }
-        }
-    }
-}
 
 #[test]
 fn every_op_of_the_dflash_graphs_tiles_as_it_declares() {
