@@ -653,8 +653,17 @@ impl Megakernel {
     }
 
     /// Runs one step: writes `inputs` (by graph-input name; every input is required), launches,
-    /// and returns the named graph `outputs`.
+    /// and returns the named graph `outputs`. An error names the program (a model runs several).
     pub fn run_step(
+        &mut self,
+        inputs: &[(&str, Tensor)],
+        outputs: &[&str],
+    ) -> Result<HashMap<String, Tensor>> {
+        let result = self.run_step_unnamed(inputs, outputs);
+        result.with_context(|| format!("running `{}` on the GPU", self.program.graph.name))
+    }
+
+    fn run_step_unnamed(
         &mut self,
         inputs: &[(&str, Tensor)],
         outputs: &[&str],
