@@ -11,7 +11,10 @@
 //! - a 2-layer model with full Qwen3-30B-A3B layer shapes (MXFP4 experts, bf16 elsewhere);
 //! - a schedule with a deliberately missing event, which must fail fast naming the stuck task;
 //! - serial mode (one launch per task) giving bit-identical results;
-//! - `mimo generate --device cuda` on a compiled artifact, and `mimo bench --device cuda`.
+//! - `mimo generate --device cuda` on a compiled artifact, and `mimo bench --device cuda`;
+//! - DFlash on the megakernel: greedy speculative output equal to plain greedy output for 256
+//!   tokens (random draft, always-right and always-wrong drafters), and the verify program's
+//!   acceptance, committed tokens and features equal to the CPU schedule executor's.
 //!
 //! The CPU-side tests (always run) check that the per-op graphs fuse into exactly the templates
 //! they are meant to test and run correctly on the CPU schedule executor, and that `mimo bench`
@@ -44,10 +47,13 @@ use mimo_ir::{
     WeightFormats,
 };
 use mimo_runtime::cuda::{self, CudaEngine, DeviceInfo, KernelImage, LaunchOptions, Megakernel};
+use mimo_runtime::dflash::{self, ReplayDrafter, WrongDrafter, speculative_generate};
 use mimo_runtime::engine::{CpuEngine, Engine};
 use mimo_runtime::exec::ScheduleExecutor;
+use mimo_runtime::generate::{GenerateRequest, generate};
 use mimo_runtime::load_model;
 use mimo_runtime::random_checkpoint::random_weights;
+use mimo_runtime::sampling::SamplingParams;
 
 // ---- paths that hold on the GPU machine too ----
 //
@@ -1234,4 +1240,195 @@ fn gpu_bench_reports_cuda_timing() {
         "copy bandwidth {copy} GB/s is implausible for a GPU"
     );
     eprintln!("{out}");
+}
+
+// ---- DFlash on the megakernel ----
+
+const DFLASH_BLOCK: usize = 16;
+const DFLASH_CONTEXT: usize = 512;
+const DFLASH_NEW: usize = 256;
+
+/// The random 3-layer target and 2-layer DFlash draft of the runtime's DFlash tests
+/// (`runtime/src/dflash/tests.rs`), in one store.
+fn dflash_models() -> (ModelSpec, mimo_ir::model::dflash::DraftSpec, WeightStore) {
+    let target = ModelSpec {
+        architecture: Architecture::Qwen3Moe,
+        vocab_size: 128,
+        hidden_size: 64,
+        num_layers: 3,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 16,
+        num_experts: 4,
+        experts_per_token: 2,
+        expert_intermediate_size: 64,
+        norm_topk_prob: true,
+        rope_theta: 10_000.0,
+        rms_norm_eps: 1e-6,
+        max_position_embeddings: DFLASH_CONTEXT,
+        tie_word_embeddings: false,
+        formats: WeightFormats {
+            experts: WeightFormat::F32,
+            dense: WeightFormat::F32,
+        },
+    };
+    let draft = mimo_ir::model::dflash::DraftSpec {
+        hidden_size: 64,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 16,
+        intermediate_size: 96,
+        rope_theta: 10_000.0,
+        rms_norm_eps: 1e-6,
+        max_position_embeddings: DFLASH_CONTEXT,
+        block_size: DFLASH_BLOCK,
+        target_layer_ids: vec![0, 2],
+        mask_token_id: 127,
+        num_target_layers: Some(3),
+        format: WeightFormat::Bf16,
+    };
+    let mut store = mimo_ir::model::random::random_weights(&target, 3).unwrap();
+    for (name, w) in mimo_ir::model::dflash::random_draft_weights(&draft, 17)
+        .unwrap()
+        .iter()
+    {
+        store.insert(name, w.clone());
+    }
+    (target, draft, store)
+}
+
+fn dflash_request() -> GenerateRequest {
+    GenerateRequest {
+        // Longer than two blocks: the prompt's verify step and the draft's first context run in
+        // pieces.
+        prompt_ids: (0..37).map(|i| (i * 37 + 5) % 127).collect(),
+        max_new_tokens: DFLASH_NEW,
+        sampling: SamplingParams::default(),
+        stop_ids: Vec::new(),
+        want_logits: false,
+    }
+}
+
+fn keep_going(_: u32) -> std::ops::ControlFlow<()> {
+    std::ops::ControlFlow::Continue(())
+}
+
+/// Greedy speculative decoding on the megakernel (verify programs accepting on the device, the
+/// draft's programs sharing the context and weights) equals plain greedy decoding on the
+/// megakernel token for token, for a random DFlash draft, a drafter that is always right and one
+/// that is always wrong.
+#[test]
+fn gpu_dflash_speculative_equals_plain_greedy() {
+    let Some(info) = gpu("gpu_dflash_speculative_equals_plain_greedy") else {
+        return;
+    };
+    let (target, draft, store) = dflash_models();
+    let (mut engine, mut drafter) = dflash::cuda_pair(
+        &info,
+        target,
+        draft,
+        &store,
+        DFLASH_CONTEXT,
+        Some(DFLASH_BLOCK),
+        compile_opts(info.sm_count.min(8)),
+        mimo::TEMPLATES,
+    )
+    .unwrap();
+    let req = dflash_request();
+    let plain = generate(&mut engine, &req, keep_going).unwrap().output_ids;
+    assert_eq!(plain.len(), DFLASH_NEW);
+    let sequence: Vec<u32> = req.prompt_ids.iter().chain(&plain).copied().collect();
+
+    let random = speculative_generate(&mut engine, &mut drafter, &req, keep_going).unwrap();
+    assert_eq!(random.generation.output_ids, plain, "random DFlash draft");
+    eprintln!("random draft: tau {:.2}", random.mean_accept());
+
+    let mut right = ReplayDrafter::new(sequence.clone(), DFLASH_BLOCK);
+    let replay = speculative_generate(&mut engine, &mut right, &req, keep_going).unwrap();
+    assert_eq!(replay.generation.output_ids, plain, "replay drafter");
+    // Every block but the last (cut at the length) is accepted whole.
+    let steps = replay.accept_lengths.len();
+    assert!(
+        replay.accept_lengths[..steps - 1]
+            .iter()
+            .all(|&n| n == DFLASH_BLOCK),
+        "{:?}",
+        replay.accept_lengths
+    );
+
+    let mut wrong = WrongDrafter::new(sequence, 128, DFLASH_BLOCK);
+    let wrong = speculative_generate(&mut engine, &mut wrong, &req, keep_going).unwrap();
+    assert_eq!(wrong.generation.output_ids, plain, "always-wrong drafter");
+    assert!(wrong.accept_lengths.iter().all(|&n| n == 1));
+}
+
+/// The verify program on the megakernel accepts what the CPU schedule executor's accepts: the
+/// same accepted count and committed tokens, and the committed rows' features within bf16
+/// tolerance, for a block whose first drafts are right and the rest wrong, and for a shorter
+/// block (its own program).
+#[test]
+fn gpu_dflash_verify_matches_the_schedule_executor() {
+    let Some(info) = gpu("gpu_dflash_verify_matches_the_schedule_executor") else {
+        return;
+    };
+    let (target, draft, store) = dflash_models();
+    let capture = draft.target_layer_ids.clone();
+    let opts = compile_opts(info.sm_count.min(8));
+    let (mut gpu_engine, _) = dflash::cuda_pair(
+        &info,
+        target.clone(),
+        draft.clone(),
+        &store,
+        DFLASH_CONTEXT,
+        Some(DFLASH_BLOCK),
+        opts,
+        mimo::TEMPLATES,
+    )
+    .unwrap();
+    let (mut cpu_engine, _) = dflash::compiled_pair(
+        target,
+        draft,
+        F32Weights::from_store(&store),
+        DFLASH_CONTEXT,
+        Some(DFLASH_BLOCK),
+        opts,
+    )
+    .unwrap();
+    let prompt: Vec<u32> = (0..21).map(|i| (i * 13 + 7) % 127).collect();
+    let positions: Vec<usize> = (0..prompt.len()).collect();
+    let mut greedy = Vec::new();
+    for e in [&mut gpu_engine as &mut dyn Engine, &mut cpu_engine] {
+        e.set_capture_layers(&capture).unwrap();
+        e.reset();
+        let step = e.step(&prompt, &positions, false).unwrap();
+        greedy.push(*step.next_ids.last().unwrap());
+    }
+    assert_eq!(greedy[0], greedy[1], "the prompt's greedy choice");
+    // Feed the target's own choices for the first drafts, then wrong ones.
+    let start = prompt.len();
+    let mut block = vec![greedy[0]];
+    // The target's choice after it (the block rewrites this position's cache row).
+    let right = cpu_engine
+        .step(&[greedy[0]], &[start], false)
+        .unwrap()
+        .next_ids[0];
+    block.push(right);
+    block.extend((2..DFLASH_BLOCK).map(|i| ((i * 31) % 127) as u32));
+    let width = capture.len() * 64;
+    for len in [DFLASH_BLOCK, 5] {
+        let b = &block[..len];
+        let pos: Vec<usize> = (start..start + len).collect();
+        let want = cpu_engine.verify_greedy(b, &pos, true).unwrap().unwrap();
+        let got = gpu_engine.verify_greedy(b, &pos, true).unwrap().unwrap();
+        assert!(want.accepted >= 1, "{want:?}");
+        assert_eq!(got.accepted, want.accepted, "block of {len}");
+        assert_eq!(got.committed, want.committed, "block of {len}");
+        let (gf, wf) = (got.features.unwrap(), want.features.unwrap());
+        assert_eq!(gf.len(), (want.accepted + 1) * width);
+        let err = rel_l2(&gf, &wf);
+        assert!(err < 2e-2, "block of {len}: features rel err {err}");
+        let err = rel_l2(&got.logits.unwrap(), &want.logits.unwrap());
+        assert!(err < 2e-2, "block of {len}: logits rel err {err}");
+    }
 }

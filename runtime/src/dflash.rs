@@ -23,11 +23,13 @@
 //! features. Sampling, and engines without it, accept on the host with the same op.
 
 mod compiled;
+mod cuda;
 mod drafters;
 #[cfg(test)]
 mod tests;
 
 pub use compiled::{ScheduleRunner, compiled_pair};
+pub use cuda::{CudaRunner, cuda_pair};
 pub use drafters::{DFlashDrafter, DraftRunner, InterpreterRunner, ReplayDrafter, WrongDrafter};
 
 use std::ops::ControlFlow;
@@ -48,7 +50,7 @@ use crate::engine::{CpuEngine, Engine};
 use crate::generate::{FinishReason, GenerateOutput, GenerateRequest};
 use crate::model::{LoadedModel, load_model};
 use crate::sampling::{Sampler, SamplingParams};
-use crate::session::{DeviceChoice, Session};
+use crate::session::{DeviceChoice, Session, interpreter_only, select_gpu};
 
 /// What a drafter sees when asked for a block.
 #[derive(Debug, Clone, Copy)]
@@ -344,9 +346,10 @@ impl Speculation<'_> {
 }
 
 /// A target and a DFlash drafter, sharing one weight store (the drafter reads the target's
-/// `embed` and `lm_head`): on the reference engine for a model directory or model.toml, on the
-/// CPU schedule executor for a compiled artifact. `block_size` overrides the draft's own (and
-/// the artifact's).
+/// `embed` and `lm_head`): on the reference engine for a model directory or model.toml; for a
+/// compiled artifact on the GPU megakernel when one is usable (`--device auto` falls back to the
+/// CPU schedule executor, with a note, when none is or it cannot take the model). `block_size`
+/// overrides the draft's own (and the artifact's).
 pub fn open_speculative(
     model: Option<&Path>,
     draft: &Path,
@@ -354,24 +357,40 @@ pub fn open_speculative(
     device: DeviceChoice,
 ) -> Result<(Session, DFlashDrafter)> {
     let mut notes = Vec::new();
-    match device {
-        DeviceChoice::Cuda => {
-            bail!("--device cuda: this build of mimo has no CUDA engine yet; use --device cpu")
-        }
-        DeviceChoice::Auto => {
-            notes.push("running on the CPU (no CUDA engine in this build)".to_string())
-        }
-        DeviceChoice::Cpu => {}
-    }
+    let gpu = select_gpu(device, &mut notes)?;
     let (loaded, name) = match model {
         Some(path) if Artifact::is_artifact(path) => {
+            if let Some(info) = &gpu {
+                match cuda::open_artifact(path, draft, block_size, info, notes.clone()) {
+                    Ok(pair) => return Ok(pair),
+                    Err(e) if device == DeviceChoice::Cuda => {
+                        return Err(e.context(format!(
+                            "opening {} with its draft on {}",
+                            path.display(),
+                            info.describe()
+                        )));
+                    }
+                    Err(e) => notes.push(format!(
+                        "the CUDA engine could not take {} ({e:#}); running on the CPU schedule executor",
+                        path.display()
+                    )),
+                }
+            }
             return compiled::open_artifact(path, draft, block_size, notes);
         }
-        Some(path) if !builtin::is_builtin(path) => (
-            load_model(path, &|_, _| {}).with_context(|| format!("loading {}", path.display()))?,
-            path.display().to_string(),
-        ),
-        _ => (builtin::load()?, builtin::NAME.to_string()),
+        Some(path) if !builtin::is_builtin(path) => {
+            let name = path.display().to_string();
+            interpreter_only(gpu.is_some(), device, &name, &mut notes)?;
+            (
+                load_model(path, &|_, _| {})
+                    .with_context(|| format!("loading {}", path.display()))?,
+                name,
+            )
+        }
+        _ => {
+            interpreter_only(gpu.is_some(), device, builtin::NAME, &mut notes)?;
+            (builtin::load()?, builtin::NAME.to_string())
+        }
     };
     let LoadedModel {
         spec,

@@ -17,6 +17,7 @@ mod state;
 
 pub use programs::Programs;
 pub use state::SharedState;
+pub(crate) use state::layout as state_layout;
 
 use std::collections::HashMap;
 use std::ops::Range;

@@ -78,7 +78,10 @@ pub fn open_session(
 
 /// The GPU to run on: `None` for the CPU (with `--device auto`, a note says why), an error when
 /// `--device cuda` finds none usable.
-fn select_gpu(device: DeviceChoice, notes: &mut Vec<String>) -> Result<Option<cuda::DeviceInfo>> {
+pub(crate) fn select_gpu(
+    device: DeviceChoice,
+    notes: &mut Vec<String>,
+) -> Result<Option<cuda::DeviceInfo>> {
     if device == DeviceChoice::Cpu {
         return Ok(None);
     }
@@ -97,7 +100,7 @@ fn select_gpu(device: DeviceChoice, notes: &mut Vec<String>) -> Result<Option<cu
 /// The GPU runs compiled artifacts only: the kernel source comes from `mimo-compile` (the
 /// templates it is generated from are embedded in the `mimo` binaries, not in this library), so a
 /// model directory or model.toml runs on the reference interpreter.
-fn interpreter_only(
+pub(crate) fn interpreter_only(
     have_gpu: bool,
     device: DeviceChoice,
     model: &str,

@@ -47,7 +47,7 @@ use mimo_ir::weights::WeightStore;
 use mimo_ir::{Tensor, TensorData, TensorType};
 
 use super::probe::{DeviceInfo, cubin_runs_on};
-use super::upload::{DeviceWeights, plan_layout};
+use super::shared::{DeviceContext, DeviceKv};
 use super::{call, error_name, guarded};
 
 /// The kernel's entry point (`templates/megakernel.cu`).
@@ -360,19 +360,24 @@ pub struct Megakernel {
     d_waits: CudaSlice<u32>,
     d_triggers: CudaSlice<u32>,
     d_ops: CudaSlice<u32>,
-    weights: DeviceWeights,
+    /// This program's `WeightRef` table, into the shared pool.
+    weight_table: CudaSlice<u32>,
     arena: CudaSlice<u32>,
-    state: CudaSlice<u16>,
     events: CudaSlice<u32>,
     diag: CudaSlice<u32>,
     function: CudaFunction,
+    /// The model's KV cache, shared with its other programs.
+    kv: Arc<DeviceKv>,
     stream: Arc<CudaStream>,
     ctx: Arc<CudaContext>,
+    shared: Arc<DeviceContext>,
 }
 
 impl Megakernel {
-    /// Puts `program` with `weights` on `device` and loads its kernel. Refuses a program with
-    /// more workers than the device has SMs, or a kernel that cannot keep every worker resident.
+    /// Puts `program` with `weights` on `device` and loads its kernel, in a context of its own
+    /// (one program alone; [`Megakernel::on`] adds a program to a shared one). Refuses a program
+    /// with more workers than the device has SMs, or a kernel that cannot keep every worker
+    /// resident.
     pub fn new(
         device: &DeviceInfo,
         program: Program,
@@ -381,55 +386,32 @@ impl Megakernel {
         opts: LaunchOptions,
     ) -> Result<Self> {
         let tables = abi::encode(&program).context("encoding the task tables")?;
+        // The cheap checks first, before anything is uploaded.
+        check_launchable(device, &program, image)?;
+        let shared = DeviceContext::new(device, weights, Some(&tables.weights))?;
+        let kv = DeviceKv::for_program(&shared, &program, "model")?;
+        Self::on(&shared, &kv, program, image, opts)
+    }
+
+    /// Adds `program` to `shared` (its context, stream and weights) reading and writing the KV
+    /// cache `kv` (refused unless the program lays its state out exactly as `kv` is).
+    pub fn on(
+        shared: &Arc<DeviceContext>,
+        kv: &Arc<DeviceKv>,
+        program: Program,
+        image: &KernelImage,
+        opts: LaunchOptions,
+    ) -> Result<Self> {
+        let device = &shared.device;
+        let tables = abi::encode(&program).context("encoding the task tables")?;
         let workers = program.schedule.queues.len();
-        if workers > device.sm_count {
-            bail!(
-                "the program has {workers} workers but {} has {} SMs: recompile with --workers {}",
-                device.describe(),
-                device.sm_count,
-                device.sm_count
-            );
-        }
-        let define = |name: &str| {
-            image
-                .define(name)
-                .and_then(|v| u32::try_from(v).ok())
-                .with_context(|| format!("kernel.cu does not define {name}"))
-        };
-        let (threads, smem, tokens) = (
-            define("MIMO_THREADS")?,
-            define("MIMO_SMEM_BYTES")?,
-            define("MIMO_TOKENS")?,
-        );
+        let (threads, smem) = check_launchable(device, &program, image)?;
+        kv.check(&program)?;
         let inputs = ports(&program, true)?;
         let outputs = ports(&program, false)?;
-        if let Some(p) = inputs.first()
-            && p.ty.shape.first().copied() != Some(tokens as usize)
-        {
-            bail!(
-                "kernel.cu was generated for {tokens} tokens per step, the program takes {:?}: recompile",
-                p.ty.shape
-            );
-        }
         let need_smem = smem as usize;
-        if need_smem + 160 > device.max_shared_per_block {
-            bail!(
-                "the kernel needs {need_smem} bytes of shared memory per block; {} allows {}",
-                device.describe(),
-                device.max_shared_per_block
-            );
-        }
-
-        let ctx = call("creating a CUDA context", || {
-            CudaContext::new(device.ordinal)
-        })?;
-        // SAFETY: no slice or stream exists yet on this context object. Event tracking orders
-        // work across streams; everything here runs on one stream, which orders it already, and
-        // tracking would add two events per buffer per launch.
-        guarded("configuring the CUDA context", || unsafe {
-            ctx.disable_event_tracking()
-        })?;
-        let stream = call("creating a CUDA stream", || ctx.new_stream())?;
+        let (ctx, stream) = (shared.ctx.clone(), shared.stream.clone());
+        call("binding the CUDA context", || ctx.bind_to_thread())?;
         let (function, kernel_note) = image.load(&ctx, device)?;
         let static_smem = call("reading the kernel's shared memory", || {
             function.shared_size_bytes()
@@ -487,20 +469,18 @@ impl Megakernel {
             tables.ops.iter().flat_map(op_words).collect(),
         )?;
 
-        let layout = plan_layout(&tables.weights, weights)?;
         let (free, _) = call("reading the free device memory", || ctx.mem_get_info())?;
-        let needed = layout.bytes + program.memory.arena_len * 4 + program.memory.state_len * 2;
+        let needed = program.memory.arena_len * 4 + program.events.len() * 4;
         if needed > free {
             bail!(
-                "the model needs {:.2} GB of device memory (weights {:.2} GB, activations and KV cache {:.2} GB); {} has {:.2} GB free",
+                "`{}` needs {:.2} GB of device memory for its activations; {} has {:.2} GB free",
+                program.graph.name,
                 needed as f64 / 1e9,
-                layout.bytes as f64 / 1e9,
-                (needed - layout.bytes) as f64 / 1e9,
                 device.describe(),
                 free as f64 / 1e9
             );
         }
-        let weights = DeviceWeights::upload(&stream, layout, weights)?;
+        let weight_table = shared.weights.table_for(&stream, &tables.weights)?;
         let zeros32 = |what: &str, n: usize| {
             call(&format!("allocating the {what}"), || {
                 stream.alloc_zeros::<u32>(n.max(1))
@@ -509,9 +489,6 @@ impl Megakernel {
         let arena = zeros32("arena", program.memory.arena_len)?;
         let events = zeros32("event counters", program.events.len())?;
         let diag = zeros32("diagnostics block", DIAG_WORDS)?;
-        let state = call("allocating the KV cache", || {
-            stream.alloc_zeros::<u16>(program.memory.state_len.max(1))
-        })?;
         // SAFETY: plain page-locked memory (no write-combining: the host reads it), fully
         // written by a device copy before every read.
         let host_diag = call("allocating pinned host memory", || unsafe {
@@ -546,14 +523,43 @@ impl Megakernel {
             d_waits,
             d_triggers,
             d_ops,
-            weights,
+            weight_table,
             arena,
-            state,
             events,
             diag,
+            kv: kv.clone(),
             function,
             stream,
             ctx,
+            shared: shared.clone(),
+        })
+    }
+
+    /// The context, stream and weights this program runs on.
+    pub fn shared(&self) -> &Arc<DeviceContext> {
+        &self.shared
+    }
+
+    /// Copies `len` words of this program's arena at `from` into `dst`'s arena at `to`, in
+    /// stream order (both programs run on one stream of one context): a value one program
+    /// produced becomes another's input without the host.
+    pub fn copy_arena_to(
+        &self,
+        from: usize,
+        dst: &mut Megakernel,
+        to: usize,
+        len: usize,
+    ) -> Result<()> {
+        if !Arc::ptr_eq(&self.shared, &dst.shared) {
+            bail!("an arena copy between programs of different CUDA contexts");
+        }
+        if from + len > self.arena.len() || to + len > dst.arena.len() {
+            bail!("arena copy {from}+{len} -> {to}+{len} is out of bounds");
+        }
+        let src = self.arena.slice(from..from + len);
+        let mut dst_range = dst.arena.slice_mut(to..to + len);
+        call("copying between program arenas", || {
+            self.stream.memcpy_dtod(&src, &mut dst_range)
         })
     }
 
@@ -576,7 +582,7 @@ impl Megakernel {
 
     /// Bytes of device memory the weights occupy.
     pub fn weight_bytes(&self) -> usize {
-        self.weights.bytes()
+        self.shared.weight_bytes()
     }
 
     /// Steps since the last reset.
@@ -588,10 +594,36 @@ impl Megakernel {
     pub fn reset(&mut self) -> Result<()> {
         self.check_usable()?;
         self.zero_counters()?;
-        call("zeroing the KV cache", || {
-            self.stream.memset_zeros(&mut self.state)
-        })?;
+        self.kv.zero(&self.stream)?;
         Ok(())
+    }
+
+    /// Zeroes the event counters, diagnostics and step counter, not the KV cache (which other
+    /// programs share): how a model's programs start a new sequence together.
+    pub fn reset_counters(&mut self) -> Result<()> {
+        self.check_usable()?;
+        self.zero_counters()
+    }
+
+    /// Words `rows` of output `name` (a [tokens, ...] value), copied back after everything
+    /// enqueued: the committed rows of a verified block, without the rejected ones.
+    pub fn read_rows(&mut self, name: &str, rows: std::ops::Range<usize>) -> Result<Vec<u32>> {
+        let port = self
+            .outputs
+            .iter()
+            .find(|p| p.name == name)
+            .with_context(|| format!("`{}` has no output `{name}`", self.program.graph.name))?;
+        let n = port.ty.shape.first().copied().unwrap_or(1).max(1);
+        let width = port.loc.len / n;
+        if rows.end > n {
+            bail!("rows {rows:?} of `{name}`, which has {n}");
+        }
+        let loc = Location {
+            buffer: Buffer::Arena,
+            offset: port.loc.offset + rows.start * width,
+            len: rows.len() * width,
+        };
+        self.read_arena(loc)
     }
 
     fn zero_counters(&mut self) -> Result<()> {
@@ -621,8 +653,17 @@ impl Megakernel {
     }
 
     /// Runs one step: writes `inputs` (by graph-input name; every input is required), launches,
-    /// and returns the named graph `outputs`.
+    /// and returns the named graph `outputs`. An error names the program (a model runs several).
     pub fn run_step(
+        &mut self,
+        inputs: &[(&str, Tensor)],
+        outputs: &[&str],
+    ) -> Result<HashMap<String, Tensor>> {
+        let result = self.run_step_unnamed(inputs, outputs);
+        result.with_context(|| format!("running `{}` on the GPU", self.program.graph.name))
+    }
+
+    fn run_step_unnamed(
         &mut self,
         inputs: &[(&str, Tensor)],
         outputs: &[&str],
@@ -762,9 +803,9 @@ impl Megakernel {
             waits: self.d_waits.device_ptr(s).0,
             triggers: self.d_triggers.device_ptr(s).0,
             ops: self.d_ops.device_ptr(s).0,
-            weights: self.weights.table_ptr(s),
+            weights: self.weight_table.device_ptr(s).0,
             arena: self.arena.device_ptr(s).0,
-            state: self.state.device_ptr(s).0,
+            state: self.kv.ptr(),
             events: self.events.device_ptr(s).0,
             diag: self.diag.device_ptr(s).0,
             wait_limit_ns: self.opts.wait_limit.as_nanos().min(u64::MAX as u128) as u64,
@@ -1125,6 +1166,61 @@ impl Megakernel {
         let ms = Self::elapsed_ms(&start, &end)?;
         Ok(2.0 * bytes as f64 * reps as f64 / (ms / 1e3) / 1e9)
     }
+}
+
+/// Checks that `program` can run on `device` with `image` (before anything is uploaded):
+/// workers within the SMs, the kernel generated for the program's token count, its shared
+/// memory within the device's. Returns the kernel's threads and dynamic shared memory.
+fn check_launchable(
+    device: &DeviceInfo,
+    program: &Program,
+    image: &KernelImage,
+) -> Result<(u32, u32)> {
+    let workers = program.schedule.queues.len();
+    if workers > device.sm_count {
+        bail!(
+            "the program has {workers} workers but {} has {} SMs: recompile with --workers {}",
+            device.describe(),
+            device.sm_count,
+            device.sm_count
+        );
+    }
+    let (threads, smem) = kernel_launch_shape(program, image)?;
+    if smem as usize + 160 > device.max_shared_per_block {
+        bail!(
+            "the kernel needs {smem} bytes of shared memory per block; {} allows {}",
+            device.describe(),
+            device.max_shared_per_block
+        );
+    }
+    Ok((threads, smem))
+}
+
+/// The kernel's `MIMO_THREADS` and `MIMO_SMEM_BYTES`, after checking that it was generated for
+/// `program`'s tokens per step (`MIMO_TOKENS`: every token count needs its own kernel).
+pub fn kernel_launch_shape(program: &Program, image: &KernelImage) -> Result<(u32, u32)> {
+    let define = |name: &str| {
+        image
+            .define(name)
+            .and_then(|v| u32::try_from(v).ok())
+            .with_context(|| format!("kernel.cu does not define {name}"))
+    };
+    let (threads, smem, tokens) = (
+        define("MIMO_THREADS")?,
+        define("MIMO_SMEM_BYTES")?,
+        define("MIMO_TOKENS")?,
+    );
+    let inputs = ports(program, true)?;
+    if let Some(p) = inputs.first()
+        && p.ty.shape.first().copied() != Some(tokens as usize)
+    {
+        bail!(
+            "kernel.cu was generated for {tokens} tokens per step, `{}` takes {:?}: recompile",
+            program.graph.name,
+            p.ty.shape
+        );
+    }
+    Ok((threads, smem))
 }
 
 /// The program's graph inputs (`inputs = true`) or outputs with their arena places.

@@ -18,6 +18,8 @@
 pub mod engine;
 pub mod launch;
 pub mod probe;
+pub mod programs;
+pub mod shared;
 pub mod upload;
 
 use std::panic::{self, AssertUnwindSafe};
@@ -28,6 +30,8 @@ use cudarc::driver::DriverError;
 pub use engine::{CudaEngine, DecodeTiming, KernelImage, compile_graph, compile_in_memory};
 pub use launch::{LaunchOptions, Megakernel};
 pub use probe::{DeviceInfo, probe};
+pub use programs::{CudaPrograms, KernelSource};
+pub use shared::{DeviceContext, DeviceKv};
 
 /// Runs `f`, turning a panic inside cudarc (a missing library or symbol) into an error naming
 /// `what`.

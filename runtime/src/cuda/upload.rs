@@ -140,6 +140,23 @@ pub fn weight_ref_words(slot: &WeightSlot, base: u64) -> [u32; 8] {
     ]
 }
 
+/// The `WeightRef` words of `names` (in that order) in `layout`'s pool at `base`: a program's
+/// weight table over a pool laid out for any superset of its weights.
+pub fn table_words(layout: &WeightLayout, names: &[String], base: u64) -> Result<Vec<u32>> {
+    let mut words = Vec::with_capacity(names.len() * 8);
+    for name in names {
+        let slot = layout
+            .slots
+            .iter()
+            .find(|s| s.name == *name)
+            .with_context(|| {
+                format!("the weights on the device have no `{name}`, which the program reads")
+            })?;
+        words.extend(weight_ref_words(slot, base));
+    }
+    Ok(words)
+}
+
 /// The weights on the device: the pool and the `WeightRef` table pointing into it.
 pub struct DeviceWeights {
     pub layout: WeightLayout,
@@ -190,6 +207,20 @@ impl DeviceWeights {
             pool,
             table,
         })
+    }
+
+    /// A `WeightRef` table for a program that reads `names` (its weight-table order) from this
+    /// pool: every program of a model (decode, verify, draft) points into the one upload, so the
+    /// weights are on the device once however many programs run.
+    pub fn table_for(
+        &self,
+        stream: &std::sync::Arc<CudaStream>,
+        names: &[String],
+    ) -> Result<CudaSlice<u32>> {
+        let base = self.pool.device_ptr(stream).0;
+        let mut words = table_words(&self.layout, names, base)?;
+        words.push(0); // never an empty allocation
+        call("uploading a weight table", || stream.clone_htod(&words[..]))
     }
 
     /// Device address of the `WeightRef` table.
@@ -263,6 +294,31 @@ mod tests {
         );
         assert_eq!(&w[4..], &[1f32.to_bits(), FORMAT_MXFP4, 3, 64]);
         assert_eq!(weight_ref_words(bf, 0)[2..4], [0, 0]);
+    }
+
+    #[test]
+    fn a_program_table_points_into_a_shared_pool_by_name() {
+        let mut store = WeightStore::new();
+        for (name, n) in [("a", 4), ("b", 8), ("c", 16)] {
+            let v = vec![1.0f32; n];
+            store.insert(
+                name,
+                Weight::from_f32(vec![n], &v, WeightFormat::F32).unwrap(),
+            );
+        }
+        let all: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let layout = plan_layout(&all, &store).unwrap();
+        let base = 1 << 40;
+        // A program reading c then a gets exactly the pool's slots for c and a, in its order.
+        let words = table_words(&layout, &["c".into(), "a".into()], base).unwrap();
+        let mut want = weight_ref_words(&layout.slots[2], base).to_vec();
+        want.extend(weight_ref_words(&layout.slots[0], base));
+        assert_eq!(words, want);
+        let err = table_words(&layout, &["d".into()], base).unwrap_err();
+        assert!(
+            err.to_string().contains("no `d`, which the program reads"),
+            "{err}"
+        );
     }
 
     #[test]

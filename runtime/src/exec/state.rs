@@ -75,7 +75,7 @@ impl SharedState {
 }
 
 /// Every state node of `program` with its place, in graph order.
-fn layout(program: &Program) -> Vec<(String, Location)> {
+pub(crate) fn layout(program: &Program) -> Vec<(String, Location)> {
     let graph = &program.graph;
     graph
         .nodes_of(|k| matches!(k, NodeKind::State))

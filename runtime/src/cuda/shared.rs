@@ -1,0 +1,215 @@
+//! What the programs of one generation share on the device.
+//!
+//! A target runs several programs over one sequence (the one-token `decode` program, a `verify`
+//! program per block length) and a DFlash draft one program per number of context rows. Each
+//! program has its own task tables, arena and event counters ([`super::Megakernel`]), but:
+//!
+//! - all of them run in one CUDA context on one stream ([`DeviceContext`]), so stream order alone
+//!   orders a verify step's cache writes before the next draft step, and an arena value of one
+//!   program can be copied into another's without the host;
+//! - the weights are uploaded once, target's and draft's together, into one pool; each program
+//!   gets only its own `WeightRef` table pointing into it ([`super::upload::table_words`]);
+//! - each model's KV cache is one device buffer ([`DeviceKv`]) shared by all of that model's
+//!   programs (target and draft have one each), exactly as [`crate::exec::SharedState`] does on
+//!   the CPU; a program joins only when its memory plan lays the cache out identically.
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Result, bail};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
+use mimo_compiler::Program;
+use mimo_compiler::plan::Location;
+use mimo_ir::weights::WeightStore;
+
+use super::probe::DeviceInfo;
+use super::upload::{DeviceWeights, plan_layout};
+use super::{call, guarded};
+use crate::exec::state_layout;
+
+/// One CUDA context and stream with a model's weights on the device.
+pub struct DeviceContext {
+    pub(super) device: DeviceInfo,
+    // Declared before the context they live in, so they are dropped first.
+    pub(super) weights: DeviceWeights,
+    pub(super) stream: Arc<CudaStream>,
+    pub(super) ctx: Arc<CudaContext>,
+}
+
+impl DeviceContext {
+    /// A context on `device` with the weights `names` of `store` uploaded (every weight of the
+    /// store when `None`: a target and its draft in one store, for all their programs).
+    pub fn new(
+        device: &DeviceInfo,
+        store: &WeightStore,
+        names: Option<&[String]>,
+    ) -> Result<Arc<Self>> {
+        let all: Vec<String>;
+        let names = match names {
+            Some(n) => n,
+            None => {
+                all = store.iter().map(|(n, _)| n.to_string()).collect();
+                &all
+            }
+        };
+        let layout = plan_layout(names, store)?;
+        let ctx = call("creating a CUDA context", || {
+            CudaContext::new(device.ordinal)
+        })?;
+        // SAFETY: no slice or stream exists yet on this context object. Event tracking orders
+        // work across streams; everything here runs on one stream, which orders it already, and
+        // tracking would add two events per buffer per launch.
+        guarded("configuring the CUDA context", || unsafe {
+            ctx.disable_event_tracking()
+        })?;
+        let stream = call("creating a CUDA stream", || ctx.new_stream())?;
+        let (free, _) = call("reading the free device memory", || ctx.mem_get_info())?;
+        if layout.bytes > free {
+            bail!(
+                "the weights need {:.2} GB of device memory; {} has {:.2} GB free",
+                layout.bytes as f64 / 1e9,
+                device.describe(),
+                free as f64 / 1e9
+            );
+        }
+        let weights = DeviceWeights::upload(&stream, layout, store)?;
+        Ok(Arc::new(DeviceContext {
+            device: device.clone(),
+            weights,
+            stream,
+            ctx,
+        }))
+    }
+
+    pub fn device(&self) -> &DeviceInfo {
+        &self.device
+    }
+
+    /// Bytes of device memory the weights take.
+    pub fn weight_bytes(&self) -> usize {
+        self.weights.bytes()
+    }
+}
+
+/// One model's KV cache on the device, shared by every program of that model.
+pub struct DeviceKv {
+    /// Which model's (for messages: `target`, `draft`).
+    name: String,
+    layout: Vec<(String, Location)>,
+    /// Elements (bf16) of the buffer.
+    len: usize,
+    /// Zeroed between sequences; programs read and write it through `ptr`.
+    slice: Mutex<CudaSlice<u16>>,
+    ptr: u64,
+}
+
+impl DeviceKv {
+    /// A zeroed cache laid out as `program` places its state.
+    pub fn for_program(dc: &DeviceContext, program: &Program, name: &str) -> Result<Arc<Self>> {
+        let len = program.memory.state_len;
+        let slice = call(&format!("allocating the {name} KV cache"), || {
+            dc.stream.alloc_zeros::<u16>(len.max(1))
+        })?;
+        let ptr = slice.device_ptr(&dc.stream).0;
+        Ok(Arc::new(DeviceKv {
+            name: name.to_string(),
+            layout: state_layout(program),
+            len,
+            slice: Mutex::new(slice),
+            ptr,
+        }))
+    }
+
+    /// Refuses a program whose cache is not exactly this one (other caches, other sizes):
+    /// sharing it would silently read one cache as another.
+    pub fn check(&self, program: &Program) -> Result<()> {
+        match kv_mismatch(
+            (&self.layout, self.len),
+            (&state_layout(program), program.memory.state_len),
+        ) {
+            None => Ok(()),
+            Some(detail) => bail!(
+                "graph `{}` lays out its KV state unlike the {} programs it would share the device cache with: {detail}",
+                program.graph.name,
+                self.name
+            ),
+        }
+    }
+
+    /// Device address of the cache.
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+
+    /// Zeroes the cache (in stream order): a new sequence.
+    pub fn zero(&self, stream: &Arc<CudaStream>) -> Result<()> {
+        let mut slice = self
+            .slice
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the {} KV cache lock is poisoned", self.name))?;
+        call(&format!("zeroing the {} KV cache", self.name), || {
+            stream.memset_zeros(&mut *slice)
+        })
+    }
+}
+
+/// Why a program's state (`theirs`: places by name, total length) cannot share a cache laid out
+/// as `ours`; `None` when it can.
+pub fn kv_mismatch(
+    ours: (&[(String, Location)], usize),
+    theirs: (&[(String, Location)], usize),
+) -> Option<String> {
+    let ((ours, our_len), (theirs, their_len)) = (ours, theirs);
+    match theirs.iter().zip(ours).find(|(a, b)| a != b) {
+        Some(((n, a), (m, b))) => Some(format!(
+            "its `{n}` is {} words at {}, where the others have `{m}`, {} words at {}",
+            a.len, a.offset, b.len, b.offset
+        )),
+        None if theirs.len() != ours.len() => Some(format!(
+            "it has {} state values, the others {}",
+            theirs.len(),
+            ours.len()
+        )),
+        None if their_len != our_len => Some(format!(
+            "its state is {their_len} words, the others' {our_len}"
+        )),
+        None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mimo_compiler::{CompileOptions, Machine, compile};
+    use mimo_ir::model::decode_graph;
+    use mimo_ir::model::dflash::verify_graph;
+    use mimo_ir::{Architecture, ModelSpec};
+
+    use super::*;
+
+    fn program(graph: mimo_ir::Graph) -> Program {
+        let opts = CompileOptions::for_machine(Machine {
+            workers: 2,
+            ..Machine::h100()
+        });
+        compile(&graph, &opts).unwrap()
+    }
+
+    #[test]
+    fn every_target_program_shares_one_cache_and_other_sizes_are_refused() {
+        let spec = ModelSpec::tiny(Architecture::Qwen3Moe);
+        let decode = program(decode_graph(&spec, 1, 16).unwrap());
+        let ours = (state_layout(&decode), decode.memory.state_len);
+        let ours = (&ours.0[..], ours.1);
+        let verify = program(verify_graph(&spec, 4, 16, &[0]).unwrap());
+        assert_eq!(
+            kv_mismatch(ours, (&state_layout(&verify), verify.memory.state_len)),
+            None
+        );
+        let longer = program(decode_graph(&spec, 1, 32).unwrap());
+        let why = kv_mismatch(ours, (&state_layout(&longer), longer.memory.state_len)).unwrap();
+        assert!(why.contains("v_cache` is 1536 words at 0"), "{why}");
+        assert_eq!(
+            kv_mismatch(ours, (ours.0, ours.1 + 1)).unwrap(),
+            format!("its state is {} words, the others' {}", ours.1 + 1, ours.1)
+        );
+    }
+}
