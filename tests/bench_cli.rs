@@ -108,7 +108,7 @@ fn dflash_bench_reports_blocks_routing_and_a_labelled_projection() {
 }
 
 #[test]
-fn dflash_bench_summary_says_projected() {
+fn dflash_bench_summary_says_projected_on_a_cut_model() {
     let out = mimo(&[
         "bench",
         "--dflash",
@@ -120,8 +120,11 @@ fn dflash_bench_summary_says_projected() {
         "1,2",
         "--tau",
         "1.5",
-        "--draft-layers",
+        // A random draft's target layers stay inside a target cut short by --layers.
+        "--layers",
         "1",
+        "--draft-layers",
+        "3",
         "--tokens",
         "1",
         "--warmup",

@@ -79,7 +79,11 @@ impl Draft {
             rms_norm_eps: target.rms_norm_eps,
             max_position_embeddings: target.max_position_embeddings,
             block_size: block,
-            target_layer_ids: default_target_layer_ids(target.num_layers, args.draft_layers),
+            // The reference's spread, kept inside a target cut short by --layers.
+            target_layer_ids: default_target_layer_ids(target.num_layers, args.draft_layers)
+                .into_iter()
+                .map(|l| l.min(target.num_layers - 1))
+                .collect(),
             mask_token_id: (target.vocab_size - 1) as u32,
             num_target_layers: Some(target.num_layers),
             format: target.formats.dense,
@@ -477,7 +481,7 @@ fn report(
     // The built-in model's weights are random too.
     let random_weights = args.random || model.name == builtin::NAME;
     let random_note = if random_weights {
-        "random target weights: the router spreads tokens near uniformly over the experts, so the distinct experts (and bytes) are a worst case against a real model, whose tokens share experts more"
+        "random target weights: the router has no learned structure and spreads a block's tokens over the experts about as uniform routing would (compare uniform_expected_distinct), so these counts and bytes are close to a worst case for a real model, whose tokens share experts more"
     } else {
         "the model's own weights; block tokens are a fixed synthetic sequence, not text"
     };
