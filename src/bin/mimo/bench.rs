@@ -40,14 +40,14 @@ pub struct BenchArgs {
     /// model.
     #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
-    /// Timed decode steps.
+    /// Timed decode steps (with --dflash: timed verify and draft steps per block size).
     #[arg(long, default_value_t = 128, value_name = "N")]
     tokens: usize,
     /// Positions already in the KV cache when each timed step runs (every timed step decodes at
     /// position C, attending over C + 1 rows).
     #[arg(long, default_value_t = 1024, value_name = "C")]
     context: usize,
-    /// Untimed steps before the timed ones.
+    /// Untimed steps before the timed ones (with --dflash: per block size).
     #[arg(long, default_value_t = 16, value_name = "N")]
     warmup: usize,
     /// Synthesise deterministic random weights in memory instead of reading a checkpoint
