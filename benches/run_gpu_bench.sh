@@ -3,7 +3,7 @@
 #
 #   ../shared/tools/gpu-stage                 # on the Rust machine: release binaries in .gpu/bin
 #   benches/run_gpu_bench.sh                  # on the GPU machine (no Rust there): all phases
-#   benches/run_gpu_bench.sh mimo|torch|merge # one phase at a time (each well under 10 minutes)
+#   benches/run_gpu_bench.sh mimo|dflash|torch|merge # one phase at a time (each under 10 minutes)
 #   eval "$(benches/run_gpu_bench.sh env)"    # NVRTC on the library path (also for .gpu/run-tests)
 #
 # THE PLAN, and why. The GPU machine has 64 GB of disk and 80 GB of GPU memory (H100), 30
@@ -23,14 +23,24 @@
 #      greedy id fed back on the device, after a warm-up; median ms per step; bytes per step as
 #      mimo's report counts them (MXFP4 experts for mimo, bf16 for PyTorch); the copy bandwidth
 #      (bytes read + written by a 1 GiB device-to-device copy) measured in the same process.
+#   4. the dflash phase (`mimo bench --dflash`, issue 5 item 7) times DFlash's parts on the full
+#      48-layer model (in-memory random weights) with a random DRAFT_LAYERS-layer draft of its
+#      shape (or DRAFT, a real draft directory): the target's verify step at each of BLOCKS
+#      tokens, the distinct experts each layer routes the block to (computed on the host from the
+#      router; random weights route near uniformly, a worst case), the draft step, and the
+#      PROJECTED tokens/s = TAU / (draft + verify) at the largest block, labelled as a projection.
+#      Its JSON is dflash.json, and `dflash` in the merged file.
 # Expected on an H100: checkpoint ~10 s; mimo phase ~1.5 min (two NVRTC compiles of ~15 s, cached
-# in ~/.cache/mimo/kernels); torch phase ~3-5 min (torch.compile of 8 layers dominates). The device
+# in ~/.cache/mimo/kernels); torch phase ~3-5 min (torch.compile of 8 layers dominates); dflash phase ~1.5-2 min (random weights
+# for 48 layers, the host routing probe and the host-timed draft). The device
 # tool hands a machine back 30 s after a call, losing /tmp: run `all` in one call, or run phases in
 # separate calls (each makes the checkpoint it needs) and merge on the Rust machine from the JSON
 # files they copied to $OUT: `WORK=<folder of those files> benches/run_gpu_bench.sh merge`.
 #
 # Knobs (environment): LAYERS=8 CONTEXT=1024 TOKENS=128 WARMUP=16 SEED=0 MIMO=.gpu/bin/mimo
-# PYTHON=python3 WORK=/tmp/mimo-bench RESULTS=benches/results TORCH_TIMEOUT=560. With OUT set (the
+# PYTHON=python3 WORK=/tmp/mimo-bench RESULTS=benches/results TORCH_TIMEOUT=560; for dflash:
+# DRAFT_LAYERS=5 DRAFT= (a draft directory instead of a random draft) BLOCKS=1,4,8,16 TAU=6.3
+# DFLASH_TOKENS=32 DFLASH_WARMUP=4. With OUT set (the
 # device tool's output folder), every JSON written and the PyTorch log are copied there too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +55,12 @@ PYTHON=${PYTHON:-python3}
 WORK=${WORK:-/tmp/mimo-bench}
 RESULTS=${RESULTS:-benches/results}
 TORCH_TIMEOUT=${TORCH_TIMEOUT:-560}
+DRAFT_LAYERS=${DRAFT_LAYERS:-5}
+DRAFT=${DRAFT:-}
+BLOCKS=${BLOCKS:-1,4,8,16}
+TAU=${TAU:-6.3}
+DFLASH_TOKENS=${DFLASH_TOKENS:-32}
+DFLASH_WARMUP=${DFLASH_WARMUP:-4}
 CONFIG=benches/models/qwen3-30b-a3b.toml
 CKPT=$WORK/ckpt-${LAYERS}l-seed$SEED
 
@@ -104,6 +120,30 @@ phase_mimo() {
   keep "$WORK/mimo-full.json"
 }
 
+phase_dflash() {
+  [[ -x $MIMO ]] || die "$MIMO not found: run ../shared/tools/gpu-stage on the Rust machine first"
+  mkdir -p "$WORK"
+  local draft=(--draft-layers "$DRAFT_LAYERS")
+  if [[ -n $DRAFT ]]; then draft=(--draft "$DRAFT"); fi
+  log "dflash: the full 48-layer model (in-memory random weights, seed $SEED), draft ${DRAFT:-random $DRAFT_LAYERS layers}, blocks $BLOCKS, tau $TAU, context $CONTEXT"
+  "$MIMO" bench --model "$CONFIG" --random --seed "$SEED" --device cuda --dflash "${draft[@]}" \
+    --blocks "$BLOCKS" --tau "$TAU" --context "$CONTEXT" --tokens "$DFLASH_TOKENS" \
+    --warmup "$DFLASH_WARMUP" --json >"$WORK/dflash.json"
+  log "dflash: $(dflash_summary "$WORK/dflash.json")"
+  keep "$WORK/dflash.json"
+}
+
+dflash_summary() {
+  "$PYTHON" - "$1" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+blocks = ", ".join("B=%d %.3f ms (%.1f experts/layer)" % (b["tokens"], b["verify_ms"], b["distinct_experts_mean"]) for b in d["blocks"])
+r, p = d.get("verify_ratio") or {}, d["projection"]
+print("verify %s; verify(%s)/verify(1) %.2fx; PROJECTED %.0f tokens/s at tau %s (draft %.3f ms, %s)" % (
+    blocks, r.get("block", "?"), r.get("ratio", float("nan")), p["tokens_per_second"], p["tau"], p["draft_ms"], p["draft_source"]))
+EOF
+}
+
 phase_torch() {
   checkpoint
   log "torch: $LAYERS layers from the same checkpoint, context $CONTEXT"
@@ -133,12 +173,14 @@ import json, os, re, sys
 work, results, layers = sys.argv[1], sys.argv[2], int(sys.argv[3])
 load = lambda n: json.load(open(os.path.join(work, n))) if os.path.exists(os.path.join(work, n)) else None
 mimo, full, torch = load("mimo.json"), load("mimo-full.json"), load("torch.json")
+dflash = load("dflash.json")
 r = dict(mimo)
 r["torch_tokens_per_second"] = torch["tokens_per_second"] if torch else None
 r["torch_ms_per_step"] = torch["ms_per_step"] if torch else None
 r["speedup_vs_torch"] = mimo["tokens_per_second"] / torch["tokens_per_second"] if torch else None
 r["torch"] = torch or {"error": "the PyTorch baseline did not finish; see its log"}
 r["full_model"] = full
+r["dflash"] = dflash
 r["plan"] = (
     f"{layers} layers of the full Qwen3-30B-A3B layer shapes from one random checkpoint with MXFP4 "
     "experts: mimo runs the FP4 codes, PyTorch the same values decoded to bf16 (61 GB of bf16 weights "
@@ -173,13 +215,18 @@ case $phase in
     eval "$(print_env)"
     phase_mimo
     ;;
+  dflash)
+    eval "$(print_env)"
+    phase_dflash
+    ;;
   torch) phase_torch ;;
   merge) phase_merge ;;
   all)
     eval "$(print_env)"
     phase_mimo
+    phase_dflash
     phase_torch
     phase_merge
     ;;
-  *) die "unknown phase $phase (all, env, mimo, torch, merge)" ;;
+  *) die "unknown phase $phase (all, env, mimo, dflash, torch, merge)" ;;
 esac

@@ -7,6 +7,13 @@
 //! median. Without a GPU the reference interpreter is timed with the host clock, and the output
 //! says so (`"timing": "host-clock"`, `"backend": "cpu-interpreter"`): those numbers are for
 //! testing the command, not for comparison.
+//!
+//! `--dflash` times DFlash speculative decoding's parts instead ([`dflash`]): the target's
+//! multi-token verify step at several block sizes, the experts each block routes to, the draft
+//! step, and the tokens/s they project to at a given acceptance.
+
+mod dflash;
+mod routing;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -33,14 +40,14 @@ pub struct BenchArgs {
     /// model.
     #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
-    /// Timed decode steps.
+    /// Timed decode steps (with --dflash: timed verify and draft steps per block size).
     #[arg(long, default_value_t = 128, value_name = "N")]
     tokens: usize,
     /// Positions already in the KV cache when each timed step runs (every timed step decodes at
     /// position C, attending over C + 1 rows).
     #[arg(long, default_value_t = 1024, value_name = "C")]
     context: usize,
-    /// Untimed steps before the timed ones.
+    /// Untimed steps before the timed ones (with --dflash: per block size).
     #[arg(long, default_value_t = 16, value_name = "N")]
     warmup: usize,
     /// Synthesise deterministic random weights in memory instead of reading a checkpoint
@@ -59,6 +66,42 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a summary.
     #[arg(long)]
     json: bool,
+    /// Benchmark DFlash speculative decoding instead of plain decode: the verify step at each
+    /// of --blocks tokens (with --tokens timed steps after --warmup), the distinct experts each
+    /// block routes to, the draft step, and the projected tokens/s at --tau.
+    #[arg(long)]
+    dflash: bool,
+    /// With --dflash: a DFlash draft (Hugging Face directory); without it, a random draft of
+    /// --draft-layers layers of the target's shape.
+    #[arg(long, value_name = "DIR", requires = "dflash")]
+    draft: Option<PathBuf>,
+    /// With --dflash and no --draft: layers of the random draft.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    draft_layers: usize,
+    /// With --dflash and no --draft: the random draft's MLP intermediate size (default: 3 times
+    /// the hidden size, Qwen3-30B-A3B's dense intermediate size).
+    #[arg(long, value_name = "N")]
+    draft_intermediate: Option<usize>,
+    /// With --dflash: the verified block sizes (tokens per verify step); the largest is the
+    /// drafted block the projection uses.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,4,8,16",
+        value_name = "B,..."
+    )]
+    blocks: Vec<usize>,
+    /// With --dflash: the mean tokens committed per verify step the projection assumes.
+    #[arg(long, default_value_t = 6.3, value_name = "TAU")]
+    tau: f64,
+    /// With --dflash: layers whose routing is computed on the host (reference interpreter);
+    /// default: all of them when their f32 weights fit in 8 GiB, else as many as do.
+    #[arg(long, value_name = "N")]
+    route_layers: Option<usize>,
+    /// With --dflash: cached positions before the block when computing its routing on the host
+    /// (default: min(--context, 64)).
+    #[arg(long, value_name = "N")]
+    route_context: Option<usize>,
 }
 
 /// What was timed, however it was timed.
@@ -90,6 +133,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             }
         },
     };
+    if args.dflash {
+        return dflash::run(&args, &model, gpu.as_ref(), started);
+    }
     let measured = match &gpu {
         Some(info) => bench_cuda(&args, &model, info)?,
         None => bench_cpu(&args, &model)?,
@@ -255,17 +301,17 @@ impl Model {
     }
 }
 
-fn bench_cuda(args: &BenchArgs, model: &Model, info: &cuda::DeviceInfo) -> Result<Measured> {
+/// The megakernel engine of `model` (its artifact's, or compiled here for a cache of `positions`
+/// rounded up).
+fn cuda_engine(model: &Model, info: &cuda::DeviceInfo, positions: usize) -> Result<CudaEngine> {
     let opts = LaunchOptions::from_env();
-    let mut engine = match &model.artifact {
+    Ok(match &model.artifact {
         Some(art) => CudaEngine::from_artifact(info, art, &model.weights, opts)?,
         None => {
-            // The cache holds the context plus the decoded position, rounded up.
-            let ctx = (args.context + 1).next_multiple_of(64);
+            let ctx = positions.next_multiple_of(64);
             if ctx > model.spec.max_position_embeddings {
                 bail!(
-                    "--context {} exceeds the model's max_position_embeddings {}",
-                    args.context,
+                    "--context with the step's tokens ({positions} positions) exceeds the model's max_position_embeddings {}",
                     model.spec.max_position_embeddings
                 );
             }
@@ -280,7 +326,12 @@ fn bench_cuda(args: &BenchArgs, model: &Model, info: &cuda::DeviceInfo) -> Resul
                 opts,
             )?
         }
-    };
+    })
+}
+
+fn bench_cuda(args: &BenchArgs, model: &Model, info: &cuda::DeviceInfo) -> Result<Measured> {
+    // The cache holds the context plus the decoded position.
+    let mut engine = cuda_engine(model, info, args.context + 1)?;
     let device = engine.device();
     let timing = engine.bench_decode(args.context, args.tokens, args.warmup)?;
     let copy = engine.kernel().copy_bandwidth_gbs()?;
