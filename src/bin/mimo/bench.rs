@@ -82,6 +82,10 @@ pub struct BenchArgs {
     /// the hidden size, Qwen3-30B-A3B's dense intermediate size).
     #[arg(long, value_name = "N")]
     draft_intermediate: Option<usize>,
+    /// With --dflash on a GPU: run the draft on the host's reference interpreter (a fallback)
+    /// and project with its bandwidth roofline on the GPU instead of its measured time.
+    #[arg(long)]
+    host_draft: bool,
     /// With --dflash: the verified block sizes (tokens per verify step); the largest is the
     /// drafted block the projection uses.
     #[arg(
@@ -134,7 +138,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         },
     };
     if args.dflash {
-        return dflash::run(&args, &model, gpu.as_ref(), started);
+        return dflash::run(&args, model, gpu.as_ref(), started);
     }
     let measured = match &gpu {
         Some(info) => bench_cuda(&args, &model, info)?,

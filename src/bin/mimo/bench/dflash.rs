@@ -12,9 +12,10 @@
 //!
 //! Timing: the host clock around each synchronous call. On the CPU that is the reference
 //! interpreter (or an artifact's programs on the schedule executor): a functional check, not a
-//! number to compare. With a GPU the target runs on the megakernel; the draft has no CUDA runner
-//! yet, so it is timed on the host and the projection uses its bandwidth roofline on the device
-//! instead (said in `projection.draft_source`).
+//! number to compare. With a GPU the target and the draft both run on the megakernel, in one
+//! CUDA context over one weight upload; `--host-draft` runs the draft on the host instead, and
+//! the projection then uses its bandwidth roofline on the device (said in
+//! `projection.draft_source`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,7 +30,10 @@ use mimo_ir::model::dflash::{
 };
 use mimo_ir::model::names::{self, LayerWeight};
 use mimo_ir::weights::WeightStore;
-use mimo_runtime::dflash::{DFlashDrafter, DraftContext, InterpreterRunner, ScheduleRunner};
+use mimo_runtime::cuda::{CudaEngine, CudaPrograms, KernelSource, LaunchOptions};
+use mimo_runtime::dflash::{
+    CudaRunner, DFlashDrafter, DraftContext, InterpreterRunner, ScheduleRunner,
+};
 use mimo_runtime::draft::load_draft;
 use mimo_runtime::engine::{CpuEngine, Engine, ScheduleEngine, TargetProgram};
 use mimo_runtime::{builtin, cuda};
@@ -132,11 +136,15 @@ fn setup(
     model: &Model,
     draft: &Draft,
     gpu: Option<&cuda::DeviceInfo>,
+    host_draft: bool,
     max_context: usize,
     max_block: usize,
 ) -> Result<Setup> {
     let target = model.spec.clone();
     let dspec = draft.spec.clone();
+    if let Some(info) = gpu.filter(|_| !host_draft) {
+        return gpu_setup(model, draft, info, max_context, max_block);
+    }
     let add_draft = |w: &mut F32Weights| {
         for (name, weight) in draft.weights.iter() {
             w.insert(
@@ -232,6 +240,63 @@ fn setup(
     })
 }
 
+/// The target and the draft on the megakernel: both models' weights uploaded once into one
+/// context (the draft reads the target's embedding and lm_head), each with its own device KV
+/// cache, every program compiled from the embedded templates when first needed.
+fn gpu_setup(
+    model: &Model,
+    draft: &Draft,
+    info: &cuda::DeviceInfo,
+    max_context: usize,
+    max_block: usize,
+) -> Result<Setup> {
+    let target = model.spec.clone();
+    let dspec = draft.spec.clone();
+    let ctx = max_context.next_multiple_of(64);
+    let (decode, image) = cuda::compile_in_memory(&target, ctx, info.sm_count, mimo::TEMPLATES)?;
+    let options = CompileOptions::for_machine(decode.machine);
+    let launch = LaunchOptions::from_env();
+    let source = KernelSource::Templates(mimo::TEMPLATES);
+    // `run` put the draft's weights into the model's store: one upload holds both.
+    debug_assert!(
+        draft
+            .weights
+            .iter()
+            .all(|(n, _)| model.weights.get(n).is_some())
+    );
+    let shared = cuda::DeviceContext::new(info, &model.weights, None)?;
+    let mut engine = CudaEngine::on(
+        shared.clone(),
+        target.clone(),
+        decode,
+        &image,
+        source.clone(),
+        options,
+        launch,
+    )?;
+    engine.set_max_step_tokens(max_block);
+    let copy_bandwidth_gbs = engine.kernel().copy_bandwidth_gbs()?;
+    Ok(Setup {
+        engine: Box::new(engine),
+        backend: "cuda-megakernel",
+        copy_bandwidth_gbs,
+        drafter: Box::new(move |b| {
+            let programs = CudaPrograms::new(
+                target.clone(),
+                shared.clone(),
+                "draft",
+                options,
+                source.clone(),
+                launch,
+            );
+            let runner = Box::new(CudaRunner::new(programs));
+            DFlashDrafter::with_runner(dspec.clone(), &target, runner, ctx, Some(b))
+        }),
+        draft_backend: "cuda-megakernel",
+        draft_on_target_device: true,
+    })
+}
+
 /// `warmup` untimed calls of `f`, then `n` timed ones (ms, host clock).
 fn time(warmup: usize, n: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
     for _ in 0..warmup {
@@ -261,7 +326,7 @@ struct BlockResult {
 
 pub(super) fn run(
     args: &BenchArgs,
-    model: &Model,
+    mut model: Model,
     gpu: Option<&cuda::DeviceInfo>,
     started: Instant,
 ) -> Result<()> {
@@ -294,8 +359,14 @@ pub(super) fn run(
         );
     }
     let vocab = spec.vocab_size;
-    let draft = Draft::open(args, model, max_block)?;
-    let mut s = setup(model, &draft, gpu, max_context, max_block)?;
+    let draft = Draft::open(args, &model, max_block)?;
+    // The draft's weights (names under `draft.`) join the target's store, so a GPU uploads both
+    // at once.
+    for (name, w) in draft.weights.iter() {
+        model.weights.insert(name, w.clone());
+    }
+    let model = &model;
+    let mut s = setup(model, &draft, gpu, args.host_draft, max_context, max_block)?;
     let device = s.engine.device();
 
     // The verify step returns the features the draft conditions on.
