@@ -22,7 +22,7 @@
 //!
 //! Every kernel here is generated with the compile-time limits of [`limits`] (the union of all
 //! the small models' shapes), so the small tests share one NVRTC compile (cached on disk by
-//! source hash, see `mimo_runtime::cuda::launch`).
+//! source hash, see `mimo_runtime::cuda::kernel`).
 
 mod common;
 

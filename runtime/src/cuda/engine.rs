@@ -23,13 +23,14 @@ use mimo_ir::model::dflash::verify_graph;
 use mimo_ir::weights::WeightStore;
 use mimo_ir::{Graph, ModelSpec, Tensor};
 
-use super::launch::{LaunchOptions, Megakernel};
+use super::launch::LaunchOptions;
+use super::megakernel::Megakernel;
 use super::probe::DeviceInfo;
 use super::programs::{CudaPrograms, KernelSource};
 use super::shared::DeviceContext;
 use crate::engine::{Engine, StepOutput, TargetProgram, Verified, check_step};
 
-pub use super::launch::KernelImage;
+pub use super::kernel::KernelImage;
 
 /// Compiles `spec`'s decode graph for `workers` workers and a cache of `max_context` positions,
 /// without an artifact directory: the program and its kernel source (NVRTC compiles it for the

@@ -4,8 +4,17 @@
 //! - [`probe`]: is a driver and a GPU usable; the device's name, SMs, memory, architecture;
 //! - [`upload`]: weights to the device exactly as stored ([`mimo_ir::weights::WeightData`]), in
 //!   the layout `templates/common/weights.cuh` reads through `WeightRef`;
-//! - [`launch`]: [`Megakernel`], one compiled program on the device: its tables, arena, KV state
-//!   and event counters, one kernel launch per step, diagnostics turned into errors;
+//! - [`kernel`]: [`KernelImage`], the kernel binary (an artifact's CUBIN, or NVRTC through an
+//!   on-disk cache) and the launch shape its header asks for;
+//! - [`megakernel`]: [`Megakernel`], one compiled program on the device: its tables, arena, KV
+//!   state and event counters, set up and checked before anything is uploaded;
+//! - [`launch`]: one step of it, one kernel launch per step (or per task in serial mode), and
+//!   [`LaunchOptions`];
+//! - [`arena`]: graph inputs and outputs in the arena, device-side copies, readback;
+//! - [`diagnose`]: waiting for a step against a deadline, faults, hangs and aborted waits turned
+//!   into errors that name the task;
+//! - [`abi_layout`]: abi.cuh's structs and tables as the host writes and reads them;
+//! - [`timing`]: CUDA events and copy bandwidth, for benchmarks;
 //! - [`engine`]: [`CudaEngine`], the [`crate::engine::Engine`] over a decode program, and
 //!   [`compile_in_memory`], a model compiled without an artifact directory.
 //!
@@ -15,11 +24,17 @@
 //! step's completion against its own deadline too, so even a kernel that never returns becomes an
 //! error rather than a hung process.
 
+pub mod abi_layout;
+pub mod arena;
+pub mod diagnose;
 pub mod engine;
+pub mod kernel;
 pub mod launch;
+pub mod megakernel;
 pub mod probe;
 pub mod programs;
 pub mod shared;
+pub mod timing;
 pub mod upload;
 
 use std::panic::{self, AssertUnwindSafe};
@@ -28,7 +43,8 @@ use anyhow::{Result, anyhow};
 use cudarc::driver::DriverError;
 
 pub use engine::{CudaEngine, DecodeTiming, KernelImage, compile_graph, compile_in_memory};
-pub use launch::{LaunchOptions, Megakernel};
+pub use launch::LaunchOptions;
+pub use megakernel::Megakernel;
 pub use probe::{DeviceInfo, probe};
 pub use programs::{CudaPrograms, KernelSource};
 pub use shared::{DeviceContext, DeviceKv};

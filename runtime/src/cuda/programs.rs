@@ -16,7 +16,9 @@ use anyhow::{Context, Result, bail};
 use mimo_compiler::{CompileOptions, Program, codegen, compile};
 use mimo_ir::{Graph, ModelSpec};
 
-use super::launch::{KernelImage, LaunchOptions, Megakernel};
+use super::kernel::KernelImage;
+use super::launch::LaunchOptions;
+use super::megakernel::Megakernel;
 use super::shared::{DeviceContext, DeviceKv};
 
 /// Where the kernel of a program compiled at run time comes from.
