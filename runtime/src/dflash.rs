@@ -22,6 +22,7 @@
 //! the host reads only how many drafts it accepted, the committed tokens and their rows'
 //! features. Sampling, and engines without it, accept on the host with the same op.
 
+mod artifact;
 mod compiled;
 mod cuda;
 mod drafters;
@@ -30,7 +31,9 @@ mod tests;
 
 pub use compiled::{ScheduleRunner, compiled_pair};
 pub use cuda::{CudaRunner, cuda_pair};
-pub use drafters::{DFlashDrafter, DraftRunner, InterpreterRunner, ReplayDrafter, WrongDrafter};
+pub use drafters::{
+    CompiledRunner, DFlashDrafter, DraftRunner, InterpreterRunner, ReplayDrafter, WrongDrafter,
+};
 
 use std::ops::ControlFlow;
 use std::path::Path;

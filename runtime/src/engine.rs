@@ -1,12 +1,15 @@
 //! The engine boundary: one decode step over a batch of tokens at given positions.
 //!
-//! Implementations: [`CpuEngine`] (the reference interpreter, here), [`ScheduleEngine`] (an
-//! artifact's compiled programs on the CPU schedule executor) and, on a GPU, the megakernel
-//! engine. Everything above this trait (generation, speculative decoding, the server) is shared.
+//! Implementations: [`CpuEngine`] (the reference interpreter, here) and [`ProgramEngine`], a
+//! model's compiled programs on a [`ProgramSet`]: [`ScheduleEngine`] on the CPU schedule
+//! executor, [`crate::cuda::CudaEngine`] on a GPU. Everything above this trait (generation,
+//! speculative decoding, the server) is shared.
 
+mod program;
 mod schedule;
 
-pub use schedule::{ScheduleEngine, TargetProgram};
+pub use program::{ProgramEngine, ProgramRun, ProgramSet, TargetProgram, committed_rows, token_id};
+pub use schedule::ScheduleEngine;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -116,6 +119,17 @@ pub fn check_step(
     Ok(())
 }
 
+/// Checks capture layers ([`Engine::set_capture_layers`]) against the model.
+pub fn check_capture_layers(spec: &ModelSpec, layers: &[usize]) -> Result<()> {
+    if let Some(&bad) = layers.iter().find(|&&l| l >= spec.num_layers) {
+        bail!(
+            "cannot capture the features of layer {bad}: the model has {} layers",
+            spec.num_layers
+        );
+    }
+    Ok(())
+}
+
 /// The reference interpreter as an engine: f32 on every core of the CPU.
 pub struct CpuEngine {
     spec: ModelSpec,
@@ -220,12 +234,7 @@ impl Engine for CpuEngine {
     }
 
     fn set_capture_layers(&mut self, layers: &[usize]) -> Result<()> {
-        if let Some(&bad) = layers.iter().find(|&&l| l >= self.spec.num_layers) {
-            bail!(
-                "cannot capture the features of layer {bad}: the model has {} layers",
-                self.spec.num_layers
-            );
-        }
+        check_capture_layers(&self.spec, layers)?;
         if self.options.capture_layers != layers {
             self.options.capture_layers = layers.to_vec();
             self.graphs.clear();

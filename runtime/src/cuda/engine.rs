@@ -1,14 +1,8 @@
-//! [`CudaEngine`]: a model's programs on the GPU behind the [`Engine`] trait, as
-//! [`crate::engine::ScheduleEngine`] runs them on the CPU.
-//!
-//! Plain decoding runs the one-token `decode` program, one launch per token (prompts too),
-//! greedy ids from the kernel's own argmax, logits copied back only when asked for. With capture
-//! layers set (DFlash), steps run `verify` programs (a block of up to B tokens per launch,
-//! capturing the drafter's target layers), and [`Engine::verify_greedy`] accepts a drafted block
-//! with the program's own `accept` op: the host reads back only the acceptance, the committed
-//! tokens and the committed rows' features (and logits when asked for). Every program shares the
-//! one device KV cache and weight upload ([`super::shared`]); those an artifact lacks are compiled
-//! on first use ([`CudaPrograms`]).
+//! [`CudaEngine`]: a model's programs on the GPU behind the [`Engine`] trait: the
+//! [`ProgramEngine`] the CPU schedule executor runs too, over megakernels ([`CudaPrograms`]).
+//! Every program shares the one device KV cache and weight upload ([`super::shared`]); those an
+//! artifact lacks are compiled on first use. Also here: the decode benchmark, and compiling a
+//! model without an artifact directory.
 
 use std::time::Instant;
 
@@ -16,19 +10,16 @@ use anyhow::{Context, Result, bail};
 use mimo_compiler::artifact::Artifact;
 use mimo_compiler::{CompileOptions, Machine, Program, abi, codegen, compile};
 use mimo_ir::graph::NodeKind;
-use mimo_ir::model::build::{
-    ACCEPTED, COMMITTED, FEATURES, LOGITS, NEXT_IDS, POSITIONS, TOKEN_IDS, decode_graph,
-};
-use mimo_ir::model::dflash::verify_graph;
+use mimo_ir::model::build::{NEXT_IDS, POSITIONS, TOKEN_IDS, decode_graph};
 use mimo_ir::weights::WeightStore;
-use mimo_ir::{Graph, ModelSpec, Tensor};
+use mimo_ir::{Graph, ModelSpec};
 
 use super::launch::LaunchOptions;
 use super::megakernel::Megakernel;
 use super::probe::DeviceInfo;
 use super::programs::{CudaPrograms, KernelSource};
 use super::shared::DeviceContext;
-use crate::engine::{Engine, StepOutput, TargetProgram, Verified, check_step};
+use crate::engine::{Engine, ProgramEngine, TargetProgram};
 
 pub use super::kernel::KernelImage;
 
@@ -73,35 +64,7 @@ pub fn compile_graph(
 }
 
 /// A model's compiled programs running on a GPU.
-pub struct CudaEngine {
-    spec: ModelSpec,
-    programs: CudaPrograms<TargetProgram>,
-    max_context: usize,
-    capture: Vec<usize>,
-    /// The most tokens one verify program takes (the drafter's block).
-    max_step_tokens: usize,
-}
-
-/// Verify blocks of DFlash drafts are 16 tokens at most (`-b16`); a longer step runs in pieces.
-const DEFAULT_STEP_TOKENS: usize = 16;
-
-fn i32s(values: impl Iterator<Item = usize>) -> Tensor {
-    let v: Vec<i32> = values.map(|x| x as i32).collect();
-    Tensor::from_i32([v.len()], v)
-}
-
-/// Checks a verify program's acceptance against its block (the program's word is final, but a
-/// broken one must not make the host index past the block): the number of committed rows.
-pub fn committed_rows(accepted: i32, committed: &[i32], block: usize) -> Result<usize> {
-    match usize::try_from(accepted) {
-        Ok(a) if a < block && a < committed.len() && committed[..=a].iter().all(|&t| t >= 0) => {
-            Ok(a + 1)
-        }
-        _ => bail!(
-            "the verify program accepted {accepted} drafts of a block of {block} (committed {committed:?})"
-        ),
-    }
-}
+pub type CudaEngine = ProgramEngine<CudaPrograms<TargetProgram>>;
 
 /// What [`CudaEngine::bench_decode`] measured.
 #[derive(Debug, Clone, PartialEq)]
@@ -158,13 +121,7 @@ impl CudaEngine {
                 bail!("the program is not a decode graph: it has no `{name}`");
             }
         }
-        Ok(CudaEngine {
-            spec,
-            programs,
-            max_context,
-            capture: Vec::new(),
-            max_step_tokens: DEFAULT_STEP_TOKENS,
-        })
+        Ok(ProgramEngine::with_programs(spec, programs, max_context))
     }
 
     /// Adds a verify program compiled ahead of time (an artifact's), with its kernel when there
@@ -175,28 +132,12 @@ impl CudaEngine {
         program: Program,
         image: Option<&KernelImage>,
     ) -> Result<()> {
-        self.programs.insert(which, program, image)
-    }
-
-    /// The most tokens one verify program takes (the block size: a longer block is not accepted
-    /// on the device).
-    pub fn set_max_step_tokens(&mut self, tokens: usize) {
-        self.max_step_tokens = tokens.max(1);
+        self.programs_mut().insert(which, program, image)
     }
 
     /// The context, stream and weights the programs run on (a drafter's programs join them).
     pub fn shared(&self) -> &std::sync::Arc<DeviceContext> {
-        self.programs.shared()
-    }
-
-    fn verify_program(&mut self, tokens: usize) -> Result<&mut Megakernel> {
-        let which = TargetProgram::Verify {
-            tokens,
-            capture: self.capture.clone(),
-        };
-        let (spec, ctx, capture) = (&self.spec, self.max_context, &self.capture);
-        self.programs
-            .get(&which, || Ok(verify_graph(spec, tokens, ctx, capture)?))
+        self.programs().shared()
     }
 
     /// An artifact's decode program and kernel, with `weights` of the model it was compiled for.
@@ -223,7 +164,7 @@ impl CudaEngine {
 
     /// The decode program's megakernel.
     pub fn kernel(&mut self) -> &mut Megakernel {
-        self.programs
+        self.programs_mut()
             .loaded(&TargetProgram::Decode)
             .expect("the decode program is loaded by the constructor")
     }
@@ -239,14 +180,14 @@ impl CudaEngine {
         steps: usize,
         warmup: usize,
     ) -> Result<DecodeTiming> {
-        if context >= self.max_context {
+        let max_context = self.max_context();
+        if context >= max_context {
             bail!(
-                "--context {context} needs a KV cache of {} positions; this program has {}",
+                "--context {context} needs a KV cache of {} positions; this program has {max_context}",
                 context + 1,
-                self.max_context
             );
         }
-        let vocab = self.spec.vocab_size;
+        let vocab = self.spec().vocab_size;
         let tok_at = |p: usize| ((p * 7919 + 13) % vocab) as u32;
         let k = self.kernel();
         let (tok, pos, next) = (
@@ -307,208 +248,5 @@ impl CudaEngine {
             stream_ms_per_step,
             host_ms_per_step,
         })
-    }
-}
-
-impl CudaEngine {
-    /// One token at a time through the decode program.
-    fn decode(&mut self, tokens: &[u32], positions: &[usize], out: &mut StepOutput) -> Result<()> {
-        let vocab = self.spec.vocab_size;
-        let wanted: &[&str] = if out.logits.is_some() {
-            &[NEXT_IDS, LOGITS]
-        } else {
-            &[NEXT_IDS]
-        };
-        let kernel = self.kernel();
-        for (&t, &p) in tokens.iter().zip(positions) {
-            let inputs = [
-                (TOKEN_IDS, i32s(std::iter::once(t as usize))),
-                (POSITIONS, i32s(std::iter::once(p))),
-            ];
-            let mut r = kernel.run_step(&inputs, wanted)?;
-            out.next_ids.push(token_id(r[NEXT_IDS].i32()[0], vocab)?);
-            if let (Some(all), Some(l)) = (&mut out.logits, r.remove(LOGITS)) {
-                all.extend_from_slice(l.f32());
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A token id the kernel returned, checked against the vocabulary.
-fn token_id(id: i32, vocab: usize) -> Result<u32> {
-    match usize::try_from(id) {
-        Ok(t) if t < vocab => Ok(t as u32),
-        _ => bail!(
-            "the kernel returned token id {id}, outside the vocabulary of {vocab} (a kernel bug)"
-        ),
-    }
-}
-
-impl Engine for CudaEngine {
-    fn spec(&self) -> &ModelSpec {
-        &self.spec
-    }
-
-    fn max_context(&self) -> usize {
-        self.max_context
-    }
-
-    fn device(&self) -> String {
-        let shared = self.programs.shared().clone();
-        let mut programs = self.programs_note();
-        if !programs.is_empty() {
-            programs = format!("; {programs}");
-        }
-        format!(
-            "{} megakernel ({} workers{programs})",
-            shared.device().describe(),
-            self.workers(),
-        )
-    }
-
-    fn step(
-        &mut self,
-        tokens: &[u32],
-        positions: &[usize],
-        want_logits: bool,
-    ) -> Result<StepOutput> {
-        check_step(&self.spec, self.max_context, tokens, positions)?;
-        let mut out = StepOutput {
-            logits: want_logits.then(Vec::new),
-            next_ids: Vec::with_capacity(tokens.len()),
-            features: None,
-        };
-        if self.capture.is_empty() {
-            self.decode(tokens, positions, &mut out)?;
-            return Ok(out);
-        }
-        let vocab = self.spec.vocab_size;
-        let mut features = Vec::new();
-        let piece = self.max_step_tokens;
-        let outputs: &[&str] = if want_logits {
-            &[NEXT_IDS, FEATURES, LOGITS]
-        } else {
-            &[NEXT_IDS, FEATURES]
-        };
-        for (t, p) in tokens.chunks(piece).zip(positions.chunks(piece)) {
-            let inputs = [
-                (TOKEN_IDS, i32s(t.iter().map(|&t| t as usize))),
-                (POSITIONS, i32s(p.iter().copied())),
-            ];
-            let r = self.verify_program(t.len())?.run_step(&inputs, outputs)?;
-            for &id in r[NEXT_IDS].i32() {
-                out.next_ids.push(token_id(id, vocab)?);
-            }
-            features.extend_from_slice(r[FEATURES].f32());
-            if let (Some(all), Some(l)) = (&mut out.logits, r.get(LOGITS)) {
-                all.extend_from_slice(l.f32());
-            }
-        }
-        out.features = Some(features);
-        Ok(out)
-    }
-
-    fn verify_greedy(
-        &mut self,
-        block: &[u32],
-        positions: &[usize],
-        want_logits: bool,
-    ) -> Result<Option<Verified>> {
-        if block.len() > self.max_step_tokens {
-            return Ok(None);
-        }
-        check_step(&self.spec, self.max_context, block, positions)?;
-        let inputs = [
-            (TOKEN_IDS, i32s(block.iter().map(|&t| t as usize))),
-            (POSITIONS, i32s(positions.iter().copied())),
-        ];
-        let capturing = !self.capture.is_empty();
-        let vocab = self.spec.vocab_size;
-        let kernel = self.verify_program(block.len())?;
-        // The acceptance and the committed ids only: a few words, one synchronisation.
-        let r = kernel.run_step(&inputs, &[ACCEPTED, COMMITTED])?;
-        let committed = r[COMMITTED].i32();
-        let rows = committed_rows(r[ACCEPTED].i32()[0], committed, block.len())?;
-        let committed = committed[..rows]
-            .iter()
-            .map(|&t| token_id(t, vocab))
-            .collect::<Result<_>>()?;
-        // Then only the committed rows of the features (and logits) come back; the rejected
-        // rows' never leave the device.
-        let mut read = |name: &str| -> Result<Vec<f32>> {
-            Ok(kernel
-                .read_rows(name, 0..rows)?
-                .into_iter()
-                .map(f32::from_bits)
-                .collect())
-        };
-        Ok(Some(Verified {
-            accepted: rows - 1,
-            committed,
-            features: if capturing {
-                Some(read(FEATURES)?)
-            } else {
-                None
-            },
-            logits: if want_logits {
-                Some(read(LOGITS)?)
-            } else {
-                None
-            },
-        }))
-    }
-
-    fn reset(&mut self) {
-        // A failure here (a lost context) is remembered by the kernel and reported by the next
-        // step, since `reset` cannot return it.
-        if let Err(e) = self.programs.reset() {
-            tracing::warn!("resetting the CUDA engine: {e:#}");
-        }
-    }
-
-    fn set_capture_layers(&mut self, layers: &[usize]) -> Result<()> {
-        if let Some(&bad) = layers.iter().find(|&&l| l >= self.spec.num_layers) {
-            bail!(
-                "cannot capture the features of layer {bad}: the model has {} layers",
-                self.spec.num_layers
-            );
-        }
-        self.capture = layers.to_vec();
-        Ok(())
-    }
-}
-
-impl CudaEngine {
-    fn workers(&self) -> usize {
-        self.programs.machine().workers.max(1)
-    }
-
-    /// How the loaded kernels were obtained (the decode program's).
-    fn programs_note(&self) -> String {
-        self.programs
-            .note(&TargetProgram::Decode)
-            .unwrap_or_default()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn acceptance_is_checked_against_the_block() {
-        assert_eq!(committed_rows(0, &[5, -1, -1], 3).unwrap(), 1);
-        assert_eq!(committed_rows(2, &[5, 6, 7], 3).unwrap(), 3);
-        for (accepted, committed) in [(3, &[5, 6, 7][..]), (-1, &[5, 6, 7]), (1, &[5, -1, 7])] {
-            let err = committed_rows(accepted, committed, 3).unwrap_err();
-            assert!(
-                err.to_string()
-                    .contains(&format!("accepted {accepted} drafts of a block of 3")),
-                "{err}"
-            );
-        }
-        assert_eq!(token_id(7, 8).unwrap(), 7);
-        assert!(token_id(8, 8).is_err() && token_id(-1, 8).is_err());
     }
 }

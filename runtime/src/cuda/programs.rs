@@ -10,16 +10,18 @@
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::hash::Hash;
+use std::ops::Range;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use mimo_compiler::{CompileOptions, Program, codegen, compile};
-use mimo_ir::{Graph, ModelSpec};
+use mimo_ir::{Graph, ModelSpec, Tensor};
 
 use super::kernel::KernelImage;
 use super::launch::LaunchOptions;
 use super::megakernel::Megakernel;
 use super::shared::{DeviceContext, DeviceKv};
+use crate::engine::{ProgramRun, ProgramSet};
 
 /// Where the kernel of a program compiled at run time comes from.
 #[derive(Debug, Clone)]
@@ -82,6 +84,9 @@ pub struct CudaPrograms<K> {
     source: KernelSource,
     launch: LaunchOptions,
     kernels: HashMap<K, Megakernel>,
+    /// How the first kernel was obtained (an artifact's CUBIN, NVRTC, the kernel cache): the
+    /// one the others are made like, for [`ProgramSet::describe`].
+    first_note: Option<String>,
 }
 
 impl<K: Eq + Hash + Clone + Debug> CudaPrograms<K> {
@@ -104,6 +109,7 @@ impl<K: Eq + Hash + Clone + Debug> CudaPrograms<K> {
             source,
             launch,
             kernels: HashMap::new(),
+            first_note: None,
         }
     }
 
@@ -150,16 +156,6 @@ impl<K: Eq + Hash + Clone + Debug> CudaPrograms<K> {
         self.kernels.get_mut(key)
     }
 
-    /// The machine programs compiled here are scheduled for.
-    pub fn machine(&self) -> mimo_compiler::Machine {
-        self.options.machine
-    }
-
-    /// How `key`'s kernel was obtained, when it is loaded.
-    pub fn note(&self, key: &K) -> Option<String> {
-        self.kernels.get(key).map(|k| k.kernel_note().to_string())
-    }
-
     pub fn shared(&self) -> &Arc<DeviceContext> {
         &self.shared
     }
@@ -182,7 +178,52 @@ impl<K: Eq + Hash + Clone + Debug> CudaPrograms<K> {
         };
         let kernel = Megakernel::on(&self.shared, &kv, program, image, self.launch)?;
         self.kv.get_or_insert(kv);
+        self.first_note
+            .get_or_insert_with(|| kernel.kernel_note().to_string());
         Ok(kernel)
+    }
+}
+
+impl<K: Eq + Hash + Clone + Debug> ProgramSet<K> for CudaPrograms<K> {
+    type Run = Megakernel;
+
+    fn program(
+        &mut self,
+        key: &K,
+        build: impl FnOnce() -> Result<Graph>,
+    ) -> Result<&mut Megakernel> {
+        self.get(key, build)
+    }
+
+    fn reset(&mut self) -> Result<()> {
+        CudaPrograms::reset(self)
+    }
+
+    fn describe(&self) -> String {
+        let note = match &self.first_note {
+            Some(n) if !n.is_empty() => format!("; {n}"),
+            _ => String::new(),
+        };
+        format!(
+            "{} megakernel ({} workers{note})",
+            self.shared.device().describe(),
+            self.options.machine.workers.max(1)
+        )
+    }
+}
+
+impl ProgramRun for Megakernel {
+    fn run_step(
+        &mut self,
+        inputs: &[(&str, Tensor)],
+        outputs: &[&str],
+    ) -> Result<HashMap<String, Tensor>> {
+        Megakernel::run_step(self, inputs, outputs)
+    }
+
+    fn read_f32_rows(&mut self, name: &str, rows: Range<usize>) -> Result<Vec<f32>> {
+        let bits = self.read_rows(name, rows)?;
+        Ok(bits.into_iter().map(f32::from_bits).collect())
     }
 }
 

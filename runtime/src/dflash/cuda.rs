@@ -11,54 +11,32 @@
 //! [`crate::cuda::Megakernel::copy_arena_to`] is the device-to-device copy a direct hand-over
 //! will use.
 
-use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
-use mimo_compiler::artifact::draft_hash;
+use anyhow::{Context, Result};
 use mimo_compiler::{CompileOptions, Program};
+use mimo_ir::ModelSpec;
 use mimo_ir::model::build::decode_graph;
 use mimo_ir::model::dflash::DraftSpec;
 use mimo_ir::weights::WeightStore;
-use mimo_ir::{Graph, ModelSpec, Tensor};
 
-use super::{DFlashDrafter, DraftRunner, Drafter};
+use super::artifact::SpeculativeArtifact;
+use super::{CompiledRunner, DFlashDrafter, Drafter};
 use crate::cuda::{self, CudaEngine, CudaPrograms, KernelImage, KernelSource, LaunchOptions};
-use crate::draft::load_draft;
-use crate::engine::{Engine, TargetProgram};
-use crate::session::{Session, artifact_compile_options, load_artifact_model};
+use crate::engine::TargetProgram;
+use crate::session::{Session, artifact_compile_options};
 
 /// Draft programs by (block tokens, context rows) on the GPU, sharing the draft's device cache.
-pub struct CudaRunner {
-    programs: CudaPrograms<(usize, usize)>,
-}
+pub type CudaRunner = CompiledRunner<CudaPrograms<(usize, usize)>>;
 
 impl CudaRunner {
     pub fn new(programs: CudaPrograms<(usize, usize)>) -> Self {
-        CudaRunner { programs }
+        CompiledRunner::on(programs)
     }
 
-    /// Adds a program compiled ahead of time for `shape`.
+    /// Adds a program compiled ahead of time for `shape` (its kernel generated).
     pub fn insert(&mut self, shape: (usize, usize), program: Program) -> Result<()> {
-        self.programs.insert(shape, program, None)
-    }
-}
-
-impl DraftRunner for CudaRunner {
-    fn run(
-        &mut self,
-        shape: (usize, usize),
-        graph: &dyn Fn() -> Result<Graph>,
-        inputs: &[(&str, Tensor)],
-        outputs: &[&str],
-    ) -> Result<HashMap<String, Tensor>> {
-        self.programs.get(&shape, graph)?.run_step(inputs, outputs)
-    }
-
-    fn reset(&mut self) {
-        if let Err(e) = self.programs.reset() {
-            tracing::warn!("resetting the CUDA draft: {e:#}");
-        }
+        self.programs_mut().insert(shape, program, None)
     }
 }
 
@@ -70,90 +48,57 @@ pub(super) fn open_artifact(
     draft: &Path,
     block_size: Option<usize>,
     info: &cuda::DeviceInfo,
-    mut notes: Vec<String>,
+    notes: Vec<String>,
 ) -> Result<(Session, DFlashDrafter)> {
-    let (art, model) = load_artifact_model(dir)?;
-    let loaded = load_draft(draft, &model.spec)
-        .with_context(|| format!("loading the draft {}", draft.display()))?;
-    let compiled_for = art.manifest.draft.as_ref();
-    if let Some(entry) = compiled_for
-        && draft_hash(&loaded.spec) != entry.config_hash
-    {
-        bail!(
-            "{}: stale artifact: its draft programs were compiled for another draft (config hash {}, {} hashes {}); run mimo-compile again",
-            dir.display(),
-            entry.config_hash,
-            loaded.dir.display(),
-            draft_hash(&loaded.spec)
-        );
-    }
-    let mut store = model.weights;
-    for (name, w) in loaded.weights.iter() {
-        store.insert(name, w.clone());
-    }
-    let options: CompileOptions = artifact_compile_options(&art)?;
+    let opened = SpeculativeArtifact::open(dir, draft, block_size)?;
+    let (art, spec) = (&opened.art, &opened.model.spec);
+    let options: CompileOptions = artifact_compile_options(art)?;
     let launch = LaunchOptions::from_env();
     let decode = art
         .program("decode")
         .with_context(|| format!("{}: no `decode` graph", dir.display()))?
         .clone();
-    let image = KernelImage::from_artifact(&art)?;
-    let source = KernelSource::from_kernel(&model.spec, &decode, &image);
-    let shared = cuda::DeviceContext::new(info, &store, None)?;
+    let image = KernelImage::from_artifact(art)?;
+    let source = KernelSource::from_kernel(spec, &decode, &image);
+    let shared = cuda::DeviceContext::new(info, &opened.model.weights, None)?;
     let mut engine = CudaEngine::on(
         shared.clone(),
-        model.spec.clone(),
+        spec.clone(),
         decode,
         &image,
         source.clone(),
         options,
         launch,
     )?;
-    let programs = CudaPrograms::new(model.spec.clone(), shared, "draft", options, source, launch);
-    let mut runner = CudaRunner::new(programs);
     for g in &art.manifest.graphs {
-        let Some(program) = art.program(&g.name) else {
-            continue;
-        };
-        let added = match (g.context_rows, g.name.as_str(), &g.capture_layers) {
-            (Some(rows), _, _) => runner.insert((g.tokens, rows), program.clone()),
-            (None, "verify", Some(capture)) => engine.insert(
-                TargetProgram::Verify {
-                    tokens: g.tokens,
-                    capture: capture.clone(),
-                },
-                program.clone(),
-                None,
-            ),
-            _ => Ok(()),
-        };
-        added.with_context(|| format!("{}: graph `{}` on the GPU", dir.display(), g.name))?;
+        if let (Some(program), "verify", Some(capture)) =
+            (art.program(&g.name), g.name.as_str(), &g.capture_layers)
+        {
+            let which = TargetProgram::Verify {
+                tokens: g.tokens,
+                capture: capture.clone(),
+            };
+            engine
+                .insert(which, program.clone(), None)
+                .with_context(|| format!("{}: graph `{}` on the GPU", dir.display(), g.name))?;
+        }
     }
-    let max_context = art.manifest.model.max_context;
-    let block_size = block_size.or(compiled_for.map(|d| d.block_size));
+    let programs = CudaPrograms::new(spec.clone(), shared, "draft", options, source, launch);
+    let mut runner = CudaRunner::new(programs);
+    for (name, shape, program) in opened.draft_programs() {
+        runner
+            .insert(shape, program.clone())
+            .with_context(|| format!("{}: graph `{name}` on the GPU", dir.display()))?;
+    }
     let drafter = DFlashDrafter::with_runner(
-        loaded.spec,
-        &model.spec,
+        opened.draft.clone(),
+        spec,
         Box::new(runner),
-        max_context,
-        block_size,
+        art.manifest.model.max_context,
+        opened.block_size,
     )?;
     engine.set_max_step_tokens(drafter.block_size());
-    notes.push(format!(
-        "speculative decoding of {} with the DFlash draft {} (block of {}) on {}",
-        dir.display(),
-        loaded.dir.display(),
-        drafter.block_size(),
-        engine.device()
-    ));
-    let session = Session {
-        engine: Box::new(engine),
-        tokenizer: model.tokenizer,
-        eos_token_ids: model.eos_token_ids,
-        name: dir.display().to_string(),
-        notes,
-    };
-    Ok((session, drafter))
+    Ok(opened.session(Box::new(engine), drafter, notes))
 }
 
 /// A target and a DFlash drafter on the GPU without an artifact (tests, benchmarks): `store`

@@ -14,6 +14,7 @@ use mimo_ir::model::dflash::{DraftSpec, draft_graph};
 use mimo_ir::{Graph, ModelSpec, Tensor};
 
 use super::{DraftContext, Drafter};
+use crate::engine::{ProgramRun, ProgramSet};
 
 /// Where a [`DFlashDrafter`] runs its draft graphs, keeping the draft's cache of context keys and
 /// values (state `draft.layers.L.{k,v}_cache`) from one call to the next.
@@ -29,6 +30,44 @@ pub trait DraftRunner: Send {
     ) -> Result<HashMap<String, Tensor>>;
     /// Empties the draft cache.
     fn reset(&mut self);
+}
+
+/// A draft's compiled programs on a [`ProgramSet`] as a [`DraftRunner`]: the CPU schedule
+/// executor ([`super::ScheduleRunner`]) or megakernels on a GPU ([`super::CudaRunner`]).
+pub struct CompiledRunner<P> {
+    programs: P,
+}
+
+impl<P> CompiledRunner<P> {
+    /// A runner over `programs` (holding an artifact's, or none yet).
+    pub fn on(programs: P) -> Self {
+        CompiledRunner { programs }
+    }
+
+    pub fn programs_mut(&mut self) -> &mut P {
+        &mut self.programs
+    }
+}
+
+impl<P: ProgramSet<(usize, usize)> + Send> DraftRunner for CompiledRunner<P> {
+    fn run(
+        &mut self,
+        shape: (usize, usize),
+        graph: &dyn Fn() -> Result<Graph>,
+        inputs: &[(&str, Tensor)],
+        outputs: &[&str],
+    ) -> Result<HashMap<String, Tensor>> {
+        self.programs
+            .program(&shape, graph)?
+            .run_step(inputs, outputs)
+    }
+
+    fn reset(&mut self) {
+        // A failure (a lost GPU context) is reported by the next step, as for the target.
+        if let Err(e) = self.programs.reset() {
+            tracing::warn!("resetting the draft on {}: {e:#}", self.programs.describe());
+        }
+    }
 }
 
 /// The reference interpreter as a [`DraftRunner`].
