@@ -7,6 +7,7 @@
 //!
 //! bf16 and f16 come from the `half` crate.
 
+mod blocks;
 pub mod e2m1;
 pub mod e4m3;
 pub mod e8m0;

@@ -22,15 +22,21 @@
 //!
 //! Dequantisation is `e2m1::VALUES[code] * 2^(s-127)` in f32, which is exact for every scale a
 //! finite f32 block quantises to (codes 0..=252; at code 0, `0.5 * 2^-127` up to `1.5 * 2^-127`
-//! are f32 subnormals, but with at most 2 significant bits they are still exact). Codes 253 and 254 can only come from [`Mxfp4Matrix::from_parts`]; their larger
-//! products overflow f32 to ±inf. Scale code 255 (NaN) dequantises to NaN.
+//! are f32 subnormals, but with at most 2 significant bits they are still exact). Codes 253 and
+//! 254 can only come from [`Mxfp4Matrix::from_parts`]; their larger products overflow f32 to
+//! ±inf. Scale code 255 (NaN) dequantises to NaN.
 
-use rayon::prelude::*;
-
-use super::{FormatError, WeightFormat, block_matrix_len, check_finite, e2m1, e8m0};
+use super::blocks::{self, PartNames};
+use super::{FormatError, WeightFormat, e2m1, e8m0};
 
 /// Elements per scale block along the reduction axis.
 pub const BLOCK: usize = 32;
+
+const NAMES: PartNames = PartNames {
+    values: "mxfp4 f32 input values",
+    codes: "mxfp4 packed codes",
+    scales: "mxfp4 e8m0 scales",
+};
 
 /// A block-scaled fp4 matrix in MXFP4.
 ///
@@ -121,28 +127,8 @@ impl Mxfp4Matrix {
     /// ([`FormatError::NonFinite`] with the flat index of the first one: no scale could
     /// represent it, and silently saturating would corrupt a weight).
     pub fn quantize(values: &[f32], rows: usize, cols: usize) -> Result<Self, FormatError> {
-        let n = block_matrix_len(WeightFormat::Mxfp4, rows, cols, BLOCK)?;
-        if values.len() != n {
-            return Err(FormatError::Size {
-                what: "mxfp4 f32 input values",
-                expected: n.saturating_mul(4),
-                got: values.len().saturating_mul(4),
-            });
-        }
-        check_finite(WeightFormat::Mxfp4, values)?;
-        let mut codes = vec![0u8; n / 2];
-        let mut scales = vec![0u8; n / BLOCK];
-        codes
-            .par_chunks_mut(BLOCK / 2)
-            .zip(scales.par_iter_mut())
-            .zip(values.par_chunks(BLOCK))
-            .for_each(|((packed, scale), block)| {
-                let (s, c) = quantize_block(block);
-                *scale = s;
-                for (byte, pair) in packed.iter_mut().zip(c.chunks_exact(2)) {
-                    *byte = pair[0] | (pair[1] << 4);
-                }
-            });
+        blocks::check_input(WeightFormat::Mxfp4, &NAMES, values, rows, cols, BLOCK)?;
+        let (codes, scales) = blocks::quantize_blocks(values, quantize_block);
         Ok(Self {
             rows,
             cols,
@@ -160,21 +146,15 @@ impl Mxfp4Matrix {
         codes: Vec<u8>,
         scales: Vec<u8>,
     ) -> Result<Self, FormatError> {
-        let n = block_matrix_len(WeightFormat::Mxfp4, rows, cols, BLOCK)?;
-        if codes.len() != n / 2 {
-            return Err(FormatError::Size {
-                what: "mxfp4 packed codes",
-                expected: n / 2,
-                got: codes.len(),
-            });
-        }
-        if scales.len() != n / BLOCK {
-            return Err(FormatError::Size {
-                what: "mxfp4 e8m0 scales",
-                expected: n / BLOCK,
-                got: scales.len(),
-            });
-        }
+        blocks::check_parts(
+            WeightFormat::Mxfp4,
+            &NAMES,
+            rows,
+            cols,
+            BLOCK,
+            &codes,
+            &scales,
+        )?;
         Ok(Self {
             rows,
             cols,
@@ -185,13 +165,9 @@ impl Mxfp4Matrix {
 
     /// All values, row-major, exactly as a kernel reading this format sees them.
     pub fn dequantize(&self) -> Vec<f32> {
-        let mut out = vec![0.0f32; self.rows * self.cols];
-        if self.cols > 0 {
-            out.par_chunks_mut(self.cols)
-                .enumerate()
-                .for_each(|(r, row)| self.dequantize_row_into(r, row));
-        }
-        out
+        blocks::dequantize_rows(self.rows, self.cols, |r, row| {
+            self.dequantize_row_into(r, row)
+        })
     }
 
     /// Row `row` into `out`.
@@ -199,22 +175,15 @@ impl Mxfp4Matrix {
     /// # Panics
     /// If `row >= self.rows` or `out.len() != self.cols`.
     pub fn dequantize_row_into(&self, row: usize, out: &mut [f32]) {
-        assert!(
-            row < self.rows,
-            "row {row} out of range of {} rows",
-            self.rows
+        blocks::dequantize_row(
+            (self.rows, self.cols),
+            BLOCK,
+            &self.codes,
+            &self.scales,
+            row,
+            out,
+            dequantize_block,
         );
-        assert_eq!(out.len(), self.cols, "output length must equal cols");
-        let blocks = self.cols / BLOCK;
-        let scales = &self.scales[row * blocks..(row + 1) * blocks];
-        let codes = &self.codes[row * self.cols / 2..(row + 1) * self.cols / 2];
-        for ((out, packed), &s) in out
-            .chunks_exact_mut(BLOCK)
-            .zip(codes.chunks_exact(BLOCK / 2))
-            .zip(scales)
-        {
-            dequantize_block(s, packed, out);
-        }
     }
 
     /// Bytes of the stored representation: packed codes plus scales.

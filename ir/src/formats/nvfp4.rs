@@ -25,10 +25,17 @@
 
 use rayon::prelude::*;
 
-use super::{FormatError, WeightFormat, block_matrix_len, check_finite, e2m1, e4m3};
+use super::blocks::{self, PartNames};
+use super::{FormatError, WeightFormat, e2m1, e4m3};
 
 /// Elements per scale block along the reduction axis.
 pub const BLOCK: usize = 16;
+
+const NAMES: PartNames = PartNames {
+    values: "nvfp4 f32 input values",
+    codes: "nvfp4 packed codes",
+    scales: "nvfp4 e4m3 scales",
+};
 
 /// `448 * 6`: the largest block scale times the largest element.
 const RANGE: f32 = e4m3::MAX * e2m1::MAX;
@@ -104,33 +111,14 @@ impl Nvfp4Matrix {
     /// ([`FormatError::NonFinite`] with the flat index of the first one: it would poison the
     /// tensor scale and with it every block).
     pub fn quantize(values: &[f32], rows: usize, cols: usize) -> Result<Self, FormatError> {
-        let n = block_matrix_len(WeightFormat::Nvfp4, rows, cols, BLOCK)?;
-        if values.len() != n {
-            return Err(FormatError::Size {
-                what: "nvfp4 f32 input values",
-                expected: n.saturating_mul(4),
-                got: values.len().saturating_mul(4),
-            });
-        }
-        check_finite(WeightFormat::Nvfp4, values)?;
+        blocks::check_input(WeightFormat::Nvfp4, &NAMES, values, rows, cols, BLOCK)?;
         let amax = values
             .par_iter()
             .map(|v| v.abs())
             .reduce(|| 0.0f32, f32::max);
         let global = tensor_scale_for(amax);
-        let mut codes = vec![0u8; n / 2];
-        let mut scales = vec![0u8; n / BLOCK];
-        codes
-            .par_chunks_mut(BLOCK / 2)
-            .zip(scales.par_iter_mut())
-            .zip(values.par_chunks(BLOCK))
-            .for_each(|((packed, scale), block)| {
-                let (s, c) = quantize_block(block, global);
-                *scale = s;
-                for (byte, pair) in packed.iter_mut().zip(c.chunks_exact(2)) {
-                    *byte = pair[0] | (pair[1] << 4);
-                }
-            });
+        let (codes, scales) =
+            blocks::quantize_blocks(values, |block| quantize_block(block, global));
         Ok(Self {
             rows,
             cols,
@@ -151,21 +139,15 @@ impl Nvfp4Matrix {
         scales: Vec<u8>,
         tensor_scale: f32,
     ) -> Result<Self, FormatError> {
-        let n = block_matrix_len(WeightFormat::Nvfp4, rows, cols, BLOCK)?;
-        if codes.len() != n / 2 {
-            return Err(FormatError::Size {
-                what: "nvfp4 packed codes",
-                expected: n / 2,
-                got: codes.len(),
-            });
-        }
-        if scales.len() != n / BLOCK {
-            return Err(FormatError::Size {
-                what: "nvfp4 e4m3 scales",
-                expected: n / BLOCK,
-                got: scales.len(),
-            });
-        }
+        blocks::check_parts(
+            WeightFormat::Nvfp4,
+            &NAMES,
+            rows,
+            cols,
+            BLOCK,
+            &codes,
+            &scales,
+        )?;
         Ok(Self {
             rows,
             cols,
@@ -177,13 +159,9 @@ impl Nvfp4Matrix {
 
     /// All values, row-major, exactly as a kernel reading this format sees them.
     pub fn dequantize(&self) -> Vec<f32> {
-        let mut out = vec![0.0f32; self.rows * self.cols];
-        if self.cols > 0 {
-            out.par_chunks_mut(self.cols)
-                .enumerate()
-                .for_each(|(r, row)| self.dequantize_row_into(r, row));
-        }
-        out
+        blocks::dequantize_rows(self.rows, self.cols, |r, row| {
+            self.dequantize_row_into(r, row)
+        })
     }
 
     /// Row `row` into `out`.
@@ -191,22 +169,15 @@ impl Nvfp4Matrix {
     /// # Panics
     /// If `row >= self.rows` or `out.len() != self.cols`.
     pub fn dequantize_row_into(&self, row: usize, out: &mut [f32]) {
-        assert!(
-            row < self.rows,
-            "row {row} out of range of {} rows",
-            self.rows
+        blocks::dequantize_row(
+            (self.rows, self.cols),
+            BLOCK,
+            &self.codes,
+            &self.scales,
+            row,
+            out,
+            |s, packed, out| dequantize_block(s, self.tensor_scale, packed, out),
         );
-        assert_eq!(out.len(), self.cols, "output length must equal cols");
-        let blocks = self.cols / BLOCK;
-        let scales = &self.scales[row * blocks..(row + 1) * blocks];
-        let codes = &self.codes[row * self.cols / 2..(row + 1) * self.cols / 2];
-        for ((out, packed), &s) in out
-            .chunks_exact_mut(BLOCK)
-            .zip(codes.chunks_exact(BLOCK / 2))
-            .zip(scales)
-        {
-            dequantize_block(s, self.tensor_scale, packed, out);
-        }
     }
 
     /// Bytes of the stored representation: packed codes plus block scales (the one f32 tensor
