@@ -13,7 +13,6 @@ use half::bf16;
 use mimo_ir::formats::WeightFormat;
 use mimo_ir::interp::F32Weights;
 use mimo_ir::model::dflash::{DraftSpec, draft_weights, random_draft_weights};
-use mimo_ir::{Architecture, ModelSpec, WeightFormats};
 use mimo_runtime::dflash::{DFlashDrafter, DraftContext};
 use mimo_runtime::draft::load_draft;
 use mimo_runtime::engine::{CpuEngine, Engine};
@@ -322,49 +321,13 @@ fn cli_bad_drafts_are_named() {
 /// A random Qwen3-MoE target with room for 256 new tokens (bf16), a random two-layer draft for
 /// it, and a model.toml naming both with a block of 8. Returns (target dir, model.toml).
 fn write_long_model(dir: &Path) -> (PathBuf, PathBuf) {
-    let target = ModelSpec {
-        architecture: Architecture::Qwen3Moe,
-        vocab_size: 256,
-        hidden_size: 64,
-        num_layers: 3,
-        num_heads: 4,
-        num_kv_heads: 2,
-        head_dim: 16,
-        num_experts: 4,
-        experts_per_token: 2,
-        expert_intermediate_size: 64,
-        norm_topk_prob: true,
-        rope_theta: 10_000.0,
-        rms_norm_eps: 1e-6,
-        max_position_embeddings: 1024,
-        tie_word_embeddings: false,
-        formats: WeightFormats {
-            experts: WeightFormat::Bf16,
-            dense: WeightFormat::Bf16,
-        },
-    };
+    let (target, draft) = common::small_dflash_pair(256, 1024, 16, WeightFormat::Bf16);
     let target_dir = dir.join("target");
     let opts = RandomOptions {
         seed: 7,
         mxfp4_experts: false,
     };
     write_random_checkpoint(&target, &target_dir, opts, &|_, _| {}).unwrap();
-    let draft = DraftSpec {
-        hidden_size: 64,
-        num_layers: 2,
-        num_heads: 4,
-        num_kv_heads: 2,
-        head_dim: 16,
-        intermediate_size: 96,
-        rope_theta: 10_000.0,
-        rms_norm_eps: 1e-6,
-        max_position_embeddings: 1024,
-        block_size: 16,
-        target_layer_ids: vec![0, 2],
-        mask_token_id: 255,
-        num_target_layers: Some(3),
-        format: WeightFormat::Bf16,
-    };
     write_draft(&dir.join("draft"), &draft, 256);
     let toml = dir.join("model.toml");
     let text = "[model]\npath = \"target\"\n\n[speculative]\nmethod = \"dflash\"\ndraft = \"draft\"\nblock_size = 8\n";

@@ -953,25 +953,8 @@ fn gpu_fixtures_match_the_interpreter_for_64_greedy_tokens() {
 /// Qwen3-30B-A3B's shape (REFERENCE.md §1) with `layers` layers, MXFP4 experts, bf16 elsewhere.
 fn qwen3_30b(layers: usize) -> ModelSpec {
     ModelSpec {
-        architecture: Architecture::Qwen3Moe,
-        vocab_size: 151_936,
-        hidden_size: 2048,
         num_layers: layers,
-        num_heads: 32,
-        num_kv_heads: 4,
-        head_dim: 128,
-        num_experts: 128,
-        experts_per_token: 8,
-        expert_intermediate_size: 768,
-        norm_topk_prob: true,
-        rope_theta: 1e6,
-        rms_norm_eps: 1e-6,
-        max_position_embeddings: 40960,
-        tie_word_embeddings: false,
-        formats: WeightFormats {
-            experts: WeightFormat::Mxfp4,
-            dense: WeightFormat::Bf16,
-        },
+        ..ModelSpec::qwen3_30b_a3b()
     }
 }
 
@@ -1251,43 +1234,8 @@ const DFLASH_NEW: usize = 256;
 /// The random 3-layer target and 2-layer DFlash draft of the runtime's DFlash tests
 /// (`runtime/src/dflash/tests.rs`), in one store.
 fn dflash_models() -> (ModelSpec, mimo_ir::model::dflash::DraftSpec, WeightStore) {
-    let target = ModelSpec {
-        architecture: Architecture::Qwen3Moe,
-        vocab_size: 128,
-        hidden_size: 64,
-        num_layers: 3,
-        num_heads: 4,
-        num_kv_heads: 2,
-        head_dim: 16,
-        num_experts: 4,
-        experts_per_token: 2,
-        expert_intermediate_size: 64,
-        norm_topk_prob: true,
-        rope_theta: 10_000.0,
-        rms_norm_eps: 1e-6,
-        max_position_embeddings: DFLASH_CONTEXT,
-        tie_word_embeddings: false,
-        formats: WeightFormats {
-            experts: WeightFormat::F32,
-            dense: WeightFormat::F32,
-        },
-    };
-    let draft = mimo_ir::model::dflash::DraftSpec {
-        hidden_size: 64,
-        num_layers: 2,
-        num_heads: 4,
-        num_kv_heads: 2,
-        head_dim: 16,
-        intermediate_size: 96,
-        rope_theta: 10_000.0,
-        rms_norm_eps: 1e-6,
-        max_position_embeddings: DFLASH_CONTEXT,
-        block_size: DFLASH_BLOCK,
-        target_layer_ids: vec![0, 2],
-        mask_token_id: 127,
-        num_target_layers: Some(3),
-        format: WeightFormat::Bf16,
-    };
+    let (target, draft) =
+        common::small_dflash_pair(128, DFLASH_CONTEXT, DFLASH_BLOCK, WeightFormat::F32);
     let mut store = mimo_ir::model::random::random_weights(&target, 3).unwrap();
     for (name, w) in mimo_ir::model::dflash::random_draft_weights(&draft, 17)
         .unwrap()

@@ -9,9 +9,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use common::{hf_fixtures, mimo_compile, model_toml};
-use mimo_ir::formats::WeightFormat;
 use mimo_ir::model::dflash::{DraftSpec, default_target_layer_ids, draft_graph, verify_graph};
-use mimo_ir::{Architecture, ModelSpec, WeightFormats};
+use mimo_ir::{Architecture, ModelSpec};
 
 fn nvrtc_required() -> bool {
     std::env::var("MIMO_REQUIRE_NVRTC").is_ok_and(|v| v == "1")
@@ -169,27 +168,7 @@ fn dflash_models() -> Vec<(&'static str, ModelSpec, DraftSpec)> {
     };
     let tiny = ModelSpec::tiny(Architecture::Qwen3Moe);
     let tiny_draft = draft_for(&tiny, 48, vec![1, 0]);
-    let big = ModelSpec {
-        architecture: Architecture::Qwen3Moe,
-        vocab_size: 151936,
-        hidden_size: 2048,
-        num_layers: 48,
-        num_heads: 32,
-        num_kv_heads: 4,
-        head_dim: 128,
-        num_experts: 128,
-        experts_per_token: 8,
-        expert_intermediate_size: 768,
-        norm_topk_prob: true,
-        rope_theta: 1e6,
-        rms_norm_eps: 1e-6,
-        max_position_embeddings: 40960,
-        tie_word_embeddings: false,
-        formats: WeightFormats {
-            experts: WeightFormat::Mxfp4,
-            dense: WeightFormat::Bf16,
-        },
-    };
+    let big = ModelSpec::qwen3_30b_a3b();
     let big_draft = draft_for(&big, 6144, default_target_layer_ids(big.num_layers, 5));
     vec![
         ("tiny", tiny, tiny_draft),

@@ -6,7 +6,6 @@ use mimo_ir::{Architecture, Graph, ModelSpec};
 use petgraph::graph::NodeIndex;
 
 use crate::fuse::{FusedKind, UnitMap};
-use crate::program::tests::qwen3_30b;
 use crate::{CompileOptions, Machine, Program, compile};
 
 /// Block size and new context rows of the programs under test.
@@ -38,7 +37,7 @@ pub fn draft_for(target: &ModelSpec, intermediate: usize, ids: Vec<usize>) -> Dr
 pub fn models() -> Vec<(&'static str, ModelSpec, DraftSpec)> {
     let tiny = ModelSpec::tiny(Architecture::Qwen3Moe);
     let tiny_draft = draft_for(&tiny, 48, vec![1, 0]);
-    let big = qwen3_30b();
+    let big = ModelSpec::qwen3_30b_a3b();
     let big_draft = draft_for(&big, 6144, default_target_layer_ids(big.num_layers, 5));
     vec![
         ("tiny", tiny, tiny_draft),

@@ -145,41 +145,15 @@ impl Program {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use mimo_ir::formats::WeightFormat;
+    use mimo_ir::ModelSpec;
     use mimo_ir::model::decode_graph;
-    use mimo_ir::{Architecture, ModelSpec, WeightFormats};
-
-    /// Qwen3-30B-A3B's shape (REFERENCE.md §1).
-    pub fn qwen3_30b() -> ModelSpec {
-        ModelSpec {
-            architecture: Architecture::Qwen3Moe,
-            vocab_size: 151936,
-            hidden_size: 2048,
-            num_layers: 48,
-            num_heads: 32,
-            num_kv_heads: 4,
-            head_dim: 128,
-            num_experts: 128,
-            experts_per_token: 8,
-            expert_intermediate_size: 768,
-            norm_topk_prob: true,
-            rope_theta: 1e6,
-            rms_norm_eps: 1e-6,
-            max_position_embeddings: 40960,
-            tie_word_embeddings: false,
-            formats: WeightFormats {
-                experts: WeightFormat::Mxfp4,
-                dense: WeightFormat::Bf16,
-            },
-        }
-    }
 
     #[test]
     fn full_qwen3_30b_compiles_into_a_balanced_program() {
         let started = std::time::Instant::now();
-        let graph = decode_graph(&qwen3_30b(), 1, 4096).unwrap();
+        let graph = decode_graph(&ModelSpec::qwen3_30b_a3b(), 1, 4096).unwrap();
         let p = compile(&graph, &CompileOptions::for_machine(Machine::h100())).unwrap();
         eprintln!(
             "qwen3-30b: {} ops, {} tasks, {} events, makespan {:.1} us, {:.2} s",

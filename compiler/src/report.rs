@@ -202,13 +202,12 @@ pub fn render(r: &ReportInputs<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::program::tests::qwen3_30b;
 
     /// The README's hand count for Qwen3-30B-A3B (MXFP4 experts, bf16 elsewhere, one token at
     /// context 1024), written out factor by factor.
     #[test]
     fn qwen3_30b_bytes_per_token_match_the_hand_count() {
-        let b = step_bytes(&qwen3_30b(), 1, 1024);
+        let b = step_bytes(&ModelSpec::qwen3_30b_a3b(), 1, 1024);
         let fp4 = 0.5 + 1.0 / 32.0; // E2M1 nibble + one E8M0 byte per 32
         let layers = 48.0;
         let expect = [

@@ -145,3 +145,52 @@ pub fn check_against_hf(fixture: &Path, model: &Path, expected_file: &str) {
     }
     assert!(got["tokens_per_second"].as_f64().unwrap() > 0.0);
 }
+
+/// A small random-weight speculative pair: a 3-layer Qwen3-MoE target (`vocab` tokens, a cache
+/// of `context`, weights in `format`) and a 2-layer DFlash draft for it reading target layers 0
+/// and 2, blocks of `block`, the last token id as its mask.
+pub fn small_dflash_pair(
+    vocab: usize,
+    context: usize,
+    block: usize,
+    format: mimo_ir::formats::WeightFormat,
+) -> (mimo_ir::ModelSpec, mimo_ir::model::dflash::DraftSpec) {
+    let target = mimo_ir::ModelSpec {
+        architecture: mimo_ir::Architecture::Qwen3Moe,
+        vocab_size: vocab,
+        hidden_size: 64,
+        num_layers: 3,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 16,
+        num_experts: 4,
+        experts_per_token: 2,
+        expert_intermediate_size: 64,
+        norm_topk_prob: true,
+        rope_theta: 10_000.0,
+        rms_norm_eps: 1e-6,
+        max_position_embeddings: context,
+        tie_word_embeddings: false,
+        formats: mimo_ir::WeightFormats {
+            experts: format,
+            dense: format,
+        },
+    };
+    let draft = mimo_ir::model::dflash::DraftSpec {
+        hidden_size: 64,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 16,
+        intermediate_size: 96,
+        rope_theta: 10_000.0,
+        rms_norm_eps: 1e-6,
+        max_position_embeddings: context,
+        block_size: block,
+        target_layer_ids: vec![0, 2],
+        mask_token_id: (vocab - 1) as u32,
+        num_target_layers: Some(3),
+        format: mimo_ir::formats::WeightFormat::Bf16,
+    };
+    (target, draft)
+}

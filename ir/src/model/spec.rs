@@ -114,4 +114,30 @@ impl ModelSpec {
             },
         }
     }
+
+    /// Qwen3-30B-A3B's shape (REFERENCE.md §1) as the benchmarks run it: MXFP4 experts, bf16
+    /// elsewhere (`benches/models/qwen3-30b-a3b.toml`).
+    pub fn qwen3_30b_a3b() -> ModelSpec {
+        ModelSpec {
+            architecture: Architecture::Qwen3Moe,
+            vocab_size: 151_936,
+            hidden_size: 2048,
+            num_layers: 48,
+            num_heads: 32,
+            num_kv_heads: 4,
+            head_dim: 128,
+            num_experts: 128,
+            experts_per_token: 8,
+            expert_intermediate_size: 768,
+            norm_topk_prob: true,
+            rope_theta: 1e6,
+            rms_norm_eps: 1e-6,
+            max_position_embeddings: 40960,
+            tie_word_embeddings: false,
+            formats: WeightFormats {
+                experts: WeightFormat::Mxfp4,
+                dense: WeightFormat::Bf16,
+            },
+        }
+    }
 }
