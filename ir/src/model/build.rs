@@ -3,8 +3,8 @@
 //! One graph serves decode (T = 1), prefill and verification (T = n, causal): the tokens' absolute
 //! positions are an input, so where the sequence starts is a run-time value, not a shape.
 //!
-//! Inputs `token_ids` i32 [T] and `positions` i32 [T]; state `layers.L.k_cache` / `v_cache`
-//! bf16 [max_context, kv_heads, head_dim]; outputs `logits` [T, vocab] and `next_ids` i32 [T] (argmax).
+//! Inputs `token_ids` i32 `[T]` and `positions` i32 `[T]`; state `layers.L.k_cache` / `v_cache`
+//! bf16 [max_context, kv_heads, head_dim]; outputs `logits` [T, vocab] and `next_ids` i32 `[T]` (argmax).
 //!
 //! [`decode_graph_with`] adds what DFlash verification needs (see [`DecodeOptions`]): the hidden
 //! states of chosen layers as `features`, and the acceptance of a drafted block on the device.
@@ -24,7 +24,7 @@ pub const LOGITS: &str = "logits";
 pub const NEXT_IDS: &str = "next_ids";
 /// Output of [`DecodeOptions::capture_layers`]: f32 [T, layers * hidden].
 pub const FEATURES: &str = "features";
-/// Outputs of [`DecodeOptions::accept`]: i32 [1] and i32 [T] (see [`Accept`]).
+/// Outputs of [`DecodeOptions::accept`]: i32 `[1]` and i32 `[T]` (see [`Accept`]).
 pub const ACCEPTED: &str = "accepted";
 pub const COMMITTED: &str = "committed";
 

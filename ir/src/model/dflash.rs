@@ -10,14 +10,14 @@
 //! | IR name | checkpoint tensor | shape |
 //! |---|---|---|
 //! | `draft.fc` | `fc.weight` | [H, ids * H] |
-//! | `draft.hidden_norm` | `hidden_norm.weight` | [H] |
-//! | `draft.layers.{L}.attn_norm` | `layers.{L}.input_layernorm.weight` | [H] |
+//! | `draft.hidden_norm` | `hidden_norm.weight` | `[H]` |
+//! | `draft.layers.{L}.attn_norm` | `layers.{L}.input_layernorm.weight` | `[H]` |
 //! | `draft.layers.{L}.wq` / `wk` / `wv` / `wo` | `layers.{L}.self_attn.{q,k,v,o}_proj.weight` | as in the target |
-//! | `draft.layers.{L}.q_norm` / `k_norm` | `layers.{L}.self_attn.{q,k}_norm.weight` | [hd] |
-//! | `draft.layers.{L}.ffn_norm` | `layers.{L}.post_attention_layernorm.weight` | [H] |
+//! | `draft.layers.{L}.q_norm` / `k_norm` | `layers.{L}.self_attn.{q,k}_norm.weight` | `[hd]` |
+//! | `draft.layers.{L}.ffn_norm` | `layers.{L}.post_attention_layernorm.weight` | `[H]` |
 //! | `draft.layers.{L}.gate` / `up` | `layers.{L}.mlp.{gate,up}_proj.weight` | [I, H] |
 //! | `draft.layers.{L}.down` | `layers.{L}.mlp.down_proj.weight` | [H, I] |
-//! | `draft.norm` | `norm.weight` | [H] |
+//! | `draft.norm` | `norm.weight` | `[H]` |
 //!
 //! Checkpoint names have no `model.` prefix: `DFlashDraftModel` holds `layers`, `fc`,
 //! `hidden_norm` and `norm` directly (z-lab's safetensors headers, e.g. the DFlash2 test fixture

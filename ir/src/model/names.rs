@@ -4,15 +4,15 @@
 //! | name | shape |
 //! |---|---|
 //! | `embed` | [V, H] |
-//! | `layers.{L}.attn_norm` | [H] |
+//! | `layers.{L}.attn_norm` | `[H]` |
 //! | `layers.{L}.wq` / `wk` / `wv` | [nh*hd, H] / [nkv*hd, H] / [nkv*hd, H] |
-//! | `layers.{L}.q_norm` / `k_norm` (Qwen3-MoE only) | [hd] |
+//! | `layers.{L}.q_norm` / `k_norm` (Qwen3-MoE only) | `[hd]` |
 //! | `layers.{L}.wo` | [H, nh*hd] |
-//! | `layers.{L}.ffn_norm` | [H] |
+//! | `layers.{L}.ffn_norm` | `[H]` |
 //! | `layers.{L}.router` | [E, H] |
 //! | `layers.{L}.experts.gate` / `experts.up` | [E, I, H] |
 //! | `layers.{L}.experts.down` | [E, H, I] |
-//! | `final_norm` | [H] |
+//! | `final_norm` | `[H]` |
 //! | `lm_head` | [V, H] (the embedding when tied) |
 
 use super::ModelSpec;

@@ -9,13 +9,13 @@ use mimo_macros::op;
 use crate::op::{Access, Io, Op, expect_arity, whole};
 use crate::{DType, Tensor, TensorType};
 
-/// `block` i32 [B] is what the target verified: the last committed token, then B - 1 drafts.
-/// `posterior` i32 [B] is the target's token after each block token (its argmax, or its sample
+/// `block` i32 `[B]` is what the target verified: the last committed token, then B - 1 drafts.
+/// `posterior` i32 `[B]` is the target's token after each block token (its argmax, or its sample
 /// at temperature > 0). Draft `i + 1` is accepted while it equals `posterior[i]` for every
 /// earlier `i` too; with `a` accepted, the committed tokens are `posterior[0..=a]` (the accepted
 /// drafts, which equal the posterior, then the bonus `posterior[a]`).
 ///
-/// Results: `accepted` i32 [1] = `a` (0 ..= B - 1), and `committed` i32 [B] = `posterior[0..=a]`
+/// Results: `accepted` i32 `[1]` = `a` (0 ..= B - 1), and `committed` i32 `[B]` = `posterior[0..=a]`
 /// followed by -1. One tile: B is a block of 8 or 16 tokens.
 #[op(
     name = "accept",

@@ -17,7 +17,7 @@ pub struct Attention {
 }
 
 /// The operands every attention op takes: q [tokens, heads, head_dim], K and V caches
-/// [context, kv_heads dividing heads, head_dim], positions i32 [tokens].
+/// [context, kv_heads dividing heads, head_dim], positions i32 `[tokens]`.
 pub fn check_attention_operands(q: &TensorType, k: &TensorType, v: &TensorType, pos: &TensorType) -> Result<(), String> {
     if q.rank() != 3 || q.dtype.is_int() {
         return Err(format!("q must be float [tokens, heads, head_dim], got {q}"));

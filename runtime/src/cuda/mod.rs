@@ -1,7 +1,7 @@
 //! The megakernel on an NVIDIA GPU, through `cudarc` (driver API and NVRTC, both loaded at run
 //! time, so this builds and runs, on the CPU, where no CUDA is installed).
 //!
-//! - [`probe`]: is a driver and a GPU usable; the device's name, SMs, memory, architecture;
+//! - [`probe`](mod@probe): is a driver and a GPU usable; the device's name, SMs, memory, architecture;
 //! - [`upload`]: weights to the device exactly as stored ([`mimo_ir::weights::WeightData`]), in
 //!   the layout `templates/common/weights.cuh` reads through `WeightRef`;
 //! - [`kernel`]: [`KernelImage`], the kernel binary (an artifact's CUBIN, or NVRTC through an

@@ -13,7 +13,7 @@
 //!   q  = rope(q_norm(wq h), positions)                              [B, nh, hd]
 //!   kv = concat_rows(ctx, h)                                        [C + B, H]
 //!   k  = rope(k_norm(wk kv), kv_positions); v = wv kv               [C + B, nkv, hd]
-//!   cache[kv_positions] = k, v                                      (kv_append)
+//!   cache`[kv_positions]` = k, v                                      (kv_append)
 //!   x += wo attention(q, cache, attn_positions)
 //!   x += down(silu(gate(ffn_norm x)) * up(ffn_norm x))
 //! logits = lm_head(norm(x)); draft_ids = argmax(logits)             (target's lm_head)
@@ -46,9 +46,9 @@ use super::{DraftSpec, DraftWeight, FC, HIDDEN_NORM, NORM};
 pub const CONTEXT: &str = "context";
 /// Draft graph input: i32 [C + B], the positions of the context rows, then of the block.
 pub const KV_POSITIONS: &str = "kv_positions";
-/// Draft graph input: i32 [B], the block's last position for every query (non-causal block).
+/// Draft graph input: i32 `[B]`, the block's last position for every query (non-causal block).
 pub const ATTN_POSITIONS: &str = "attn_positions";
-/// Draft graph output: i32 [B], the argmax of every row; row `i >= 1` is the draft for block
+/// Draft graph output: i32 `[B]`, the argmax of every row; row `i >= 1` is the draft for block
 /// position `i` (row 0, after the committed token, is not used).
 pub const DRAFT_IDS: &str = "draft_ids";
 
@@ -74,8 +74,8 @@ pub fn verify_graph(
 }
 
 /// The draft's pass over a block of `block` tokens with `context_rows` new context rows and a
-/// cache of `max_context` positions. Inputs `token_ids`, `positions` i32 [B], `context`,
-/// `kv_positions`, `attn_positions`; outputs `logits` [B, vocab] and `draft_ids` i32 [B]; state
+/// cache of `max_context` positions. Inputs `token_ids`, `positions` i32 `[B]`, `context`,
+/// `kv_positions`, `attn_positions`; outputs `logits` [B, vocab] and `draft_ids` i32 `[B]`; state
 /// `draft.layers.L.k_cache` / `v_cache` bf16 [max_context, kv_heads, head_dim].
 pub fn draft_graph(
     draft: &DraftSpec,
