@@ -32,7 +32,7 @@ use mimo_ir::model::names::{self, LayerWeight};
 use mimo_ir::weights::WeightStore;
 use mimo_runtime::cuda::{CudaEngine, CudaPrograms, KernelSource, LaunchOptions};
 use mimo_runtime::dflash::{
-    CudaRunner, DFlashDrafter, DraftContext, InterpreterRunner, ScheduleRunner,
+    CudaRunner, DFlashDrafter, DraftContext, Drafter, InterpreterRunner, ScheduleRunner,
 };
 use mimo_runtime::draft::load_draft;
 use mimo_runtime::engine::{CpuEngine, Engine, ScheduleEngine, TargetProgram};
@@ -427,7 +427,7 @@ pub(super) fn run(
             count: b - 1,
         };
         let draft_ms = time(draft_warmup, draft_steps, || {
-            drafter.propose_with_logits(&ctx).map(drop)
+            drafter.propose(&ctx).map(drop)
         })
         .with_context(|| format!("drafting a block of {b}"))?;
         results.push(BlockResult {
