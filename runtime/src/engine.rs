@@ -119,6 +119,12 @@ pub fn check_step(
     Ok(())
 }
 
+/// An i32 vector input (token ids, positions) of a graph.
+pub(crate) fn i32s(values: impl Iterator<Item = usize>) -> Tensor {
+    let v: Vec<i32> = values.map(|x| x as i32).collect();
+    Tensor::from_i32([v.len()], v)
+}
+
 /// Checks capture layers ([`Engine::set_capture_layers`]) against the model.
 pub fn check_capture_layers(spec: &ModelSpec, layers: &[usize]) -> Result<()> {
     if let Some(&bad) = layers.iter().find(|&&l| l >= spec.num_layers) {
@@ -203,14 +209,8 @@ impl Engine for CpuEngine {
         check_step(&self.spec, self.max_context, tokens, positions)?;
         let n = tokens.len();
         let inputs = [
-            (
-                TOKEN_IDS,
-                Tensor::from_i32([n], tokens.iter().map(|&t| t as i32).collect()),
-            ),
-            (
-                POSITIONS,
-                Tensor::from_i32([n], positions.iter().map(|&p| p as i32).collect()),
-            ),
+            (TOKEN_IDS, i32s(tokens.iter().map(|&t| t as usize))),
+            (POSITIONS, i32s(positions.iter().copied())),
         ];
         self.graph(n)?;
         let graph = &self.graphs[&n];

@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use mimo_compiler::CompileOptions;
 use mimo_compiler::artifact::{self, Artifact};
+use mimo_compiler::{CompileOptions, Program};
 use mimo_ir::ModelSpec;
 use mimo_ir::interp::F32Weights;
 
@@ -176,8 +176,28 @@ pub(crate) fn artifact_compile_options(art: &Artifact) -> Result<CompileOptions>
     Ok(CompileOptions::for_machine(program.machine))
 }
 
-/// The artifact's target programs (`decode`, and `verify` when it has one) on the CPU schedule
-/// executor.
+/// The artifact's target programs: `decode`, and `verify` when it has one (an error where the
+/// manifest names a program the artifact lacks).
+pub(crate) fn artifact_target_programs(
+    art: &Artifact,
+) -> impl Iterator<Item = Result<(TargetProgram, &str, &Program)>> {
+    art.manifest.graphs.iter().filter_map(|g| {
+        let which = match (g.name.as_str(), &g.capture_layers) {
+            ("decode", None) => TargetProgram::Decode,
+            ("verify", Some(capture)) => TargetProgram::Verify {
+                tokens: g.tokens,
+                capture: capture.clone(),
+            },
+            _ => return None,
+        };
+        let program = art
+            .program(&g.name)
+            .with_context(|| format!("{}: no `{}` graph", art.dir.display(), g.name));
+        Some(program.map(|p| (which, g.name.as_str(), p)))
+    })
+}
+
+/// The artifact's target programs ([`artifact_target_programs`]) on the CPU schedule executor.
 pub(crate) fn schedule_engine(
     art: &Artifact,
     spec: ModelSpec,
@@ -185,21 +205,11 @@ pub(crate) fn schedule_engine(
 ) -> Result<ScheduleEngine> {
     let options = artifact_compile_options(art)?;
     let mut engine = ScheduleEngine::new(spec, weights, art.manifest.model.max_context, options);
-    for g in &art.manifest.graphs {
-        let which = match (g.name.as_str(), &g.capture_layers) {
-            ("decode", None) => TargetProgram::Decode,
-            ("verify", Some(capture)) => TargetProgram::Verify {
-                tokens: g.tokens,
-                capture: capture.clone(),
-            },
-            _ => continue,
-        };
-        let program = art
-            .program(&g.name)
-            .with_context(|| format!("{}: no `{}` graph", art.dir.display(), g.name))?;
+    for target in artifact_target_programs(art) {
+        let (which, name, program) = target?;
         engine
             .insert(which, program.clone())
-            .with_context(|| format!("{}: graph `{}`", art.dir.display(), g.name))?;
+            .with_context(|| format!("{}: graph `{name}`", art.dir.display()))?;
     }
     Ok(engine)
 }

@@ -14,7 +14,7 @@ pub(super) struct PartNames {
 }
 
 /// Checks `values` as the row-major `rows x cols` input of a quantiser: whole blocks per row,
-/// one value per element, all finite. Returns the element count.
+/// one value per element, all finite.
 pub(super) fn check_input(
     format: WeightFormat,
     names: &PartNames,
@@ -22,7 +22,7 @@ pub(super) fn check_input(
     rows: usize,
     cols: usize,
     block: usize,
-) -> Result<usize, FormatError> {
+) -> Result<(), FormatError> {
     let n = block_matrix_len(format, rows, cols, block)?;
     if values.len() != n {
         return Err(FormatError::Size {
@@ -31,8 +31,7 @@ pub(super) fn check_input(
             got: values.len().saturating_mul(4),
         });
     }
-    check_finite(format, values)?;
-    Ok(n)
+    check_finite(format, values)
 }
 
 /// Quantises `values` block by block in parallel: (packed codes, one scale per block).

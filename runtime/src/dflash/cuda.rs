@@ -24,7 +24,7 @@ use super::artifact::SpeculativeArtifact;
 use super::{CompiledRunner, DFlashDrafter, Drafter};
 use crate::cuda::{self, CudaEngine, CudaPrograms, KernelImage, KernelSource, LaunchOptions};
 use crate::engine::TargetProgram;
-use crate::session::{Session, artifact_compile_options};
+use crate::session::{Session, artifact_compile_options, artifact_target_programs};
 
 /// Draft programs by (block tokens, context rows) on the GPU, sharing the draft's device cache.
 pub type CudaRunner = CompiledRunner<CudaPrograms<(usize, usize)>>;
@@ -70,17 +70,13 @@ pub(super) fn open_artifact(
         options,
         launch,
     )?;
-    for g in &art.manifest.graphs {
-        if let (Some(program), "verify", Some(capture)) =
-            (art.program(&g.name), g.name.as_str(), &g.capture_layers)
-        {
-            let which = TargetProgram::Verify {
-                tokens: g.tokens,
-                capture: capture.clone(),
-            };
+    // `decode` is the engine's own, with the artifact's kernel; the others get generated ones.
+    for target in artifact_target_programs(art) {
+        let (which, name, program) = target?;
+        if which != TargetProgram::Decode {
             engine
                 .insert(which, program.clone(), None)
-                .with_context(|| format!("{}: graph `{}` on the GPU", dir.display(), g.name))?;
+                .with_context(|| format!("{}: graph `{name}` on the GPU", dir.display()))?;
         }
     }
     let programs = CudaPrograms::new(spec.clone(), shared, "draft", options, source, launch);

@@ -14,7 +14,7 @@ use mimo_ir::model::dflash::{DraftSpec, draft_graph};
 use mimo_ir::{Graph, ModelSpec, Tensor};
 
 use super::{DraftContext, Drafter};
-use crate::engine::{ProgramRun, ProgramSet};
+use crate::engine::{ProgramRun, ProgramSet, i32s};
 
 /// Where a [`DFlashDrafter`] runs its draft graphs, keeping the draft's cache of context keys and
 /// values (state `draft.layers.L.{k,v}_cache`) from one call to the next.
@@ -170,11 +170,6 @@ impl DFlashDrafter {
     pub fn spec(&self) -> &DraftSpec {
         &self.spec
     }
-}
-
-fn i32s(values: impl Iterator<Item = usize>) -> Tensor {
-    let v: Vec<i32> = values.map(|x| x as i32).collect();
-    Tensor::from_i32([v.len()], v)
 }
 
 impl Drafter for DFlashDrafter {

@@ -20,7 +20,7 @@ use mimo_ir::model::build::{
 use mimo_ir::model::dflash::verify_graph;
 use mimo_ir::{Graph, ModelSpec, Tensor};
 
-use super::{Engine, StepOutput, Verified, check_capture_layers, check_step};
+use super::{Engine, StepOutput, Verified, check_capture_layers, check_step, i32s};
 
 /// Which compiled program of the target a step runs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -70,11 +70,6 @@ pub struct ProgramEngine<P> {
 
 /// Verify blocks of DFlash drafts are 16 tokens at most (`-b16`); a longer step runs in pieces.
 const DEFAULT_STEP_TOKENS: usize = 16;
-
-fn i32s(values: impl Iterator<Item = usize>) -> Tensor {
-    let v: Vec<i32> = values.map(|x| x as i32).collect();
-    Tensor::from_i32([v.len()], v)
-}
 
 /// A token id a program returned, checked against the vocabulary.
 pub fn token_id(id: i32, vocab: usize) -> Result<u32> {
