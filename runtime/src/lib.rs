@@ -21,8 +21,10 @@
 pub mod builtin;
 pub mod checkpoint;
 pub mod cuda;
+pub mod device;
 pub mod dflash;
 pub mod draft;
+pub mod emu;
 pub mod engine;
 pub mod error;
 pub mod exec;
