@@ -56,12 +56,19 @@ __device__ __forceinline__ u32 run_task(const KernelParams& p, const Task& task,
 }
 
 extern "C" __global__ void __launch_bounds__(MIMO_THREADS, 1) mimo_megakernel(const __grid_constant__ KernelParams p) {
+#ifdef MIMO_EMU
+    u8* smem = mimo_emu::dynamic_shared_memory();
+#else
     extern __shared__ F32x4 smem_words[];  // 16-byte aligned
     u8* smem = (u8*)smem_words;
+#endif
     const u32 worker = blockIdx.x;
     const u32 end = p.queue_start[worker + 1];
     for (u32 index = p.queue_start[worker]; index < end; ++index) {
         const Task task = p.tasks[index];
+#ifdef MIMO_EMU
+        mimo_emu::task_begins(index);  // names the task in the emulator's reports and byte counts
+#endif
         for (u32 i = 0; i < task.wait_count; ++i) {
             const Wait w = p.waits[task.wait_begin + i];
             if (!wait_for_event(p, index, w.event, w.per_step * (p.step + 1u))) return;

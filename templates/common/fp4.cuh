@@ -47,9 +47,14 @@ __device__ __forceinline__ float e4m3_to_f32(u32 code) {
 // nibble in bits 28..31; the sign bits are then in place and the 3 magnitude bits shift down
 // by 6. `byte` is a constant after unrolling, so the selector becomes an immediate.
 __device__ __forceinline__ u32 e2m1x2_to_bf16x2_scaled(u32 word, u32 byte) {
+#ifdef MIMO_EMU
+    const u32 t = mimo_emu::prmt_b32(word, word << 4, (byte << 12) | ((4u + byte) << 4));
+    return (t & 0x80008000u) | ((t >> 6) & 0x01c001c0u);
+#else
     u32 t;
     asm("prmt.b32 %0, %1, %2, %3;" : "=r"(t) : "r"(word), "r"(word << 4), "r"((byte << 12) | ((4u + byte) << 4)));
     return (t & 0x80008000u) | ((t >> 6) & 0x01c001c0u);
+#endif
 }
 
 // bf16x2 factors that turn e2m1 * 2^-126 into the dequantised value with one multiply.

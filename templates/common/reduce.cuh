@@ -20,14 +20,22 @@ __device__ __forceinline__ float warp_max(float v) {
 
 // Warp-wide unsigned max / min in one instruction (redux.sync, sm_80+).
 __device__ __forceinline__ u32 warp_max_u32(u32 v) {
+#ifdef MIMO_EMU
+    return mimo_emu::redux_sync(mimo_emu::kReduxMax, v, kFullMask);
+#else
     u32 r;
     asm volatile("redux.sync.max.u32 %0, %1, 0xffffffff;" : "=r"(r) : "r"(v));
     return r;
+#endif
 }
 __device__ __forceinline__ u32 warp_min_u32(u32 v) {
+#ifdef MIMO_EMU
+    return mimo_emu::redux_sync(mimo_emu::kReduxMin, v, kFullMask);
+#else
     u32 r;
     asm volatile("redux.sync.min.u32 %0, %1, 0xffffffff;" : "=r"(r) : "r"(v));
     return r;
+#endif
 }
 
 // The larger value, the lower index on ties; every lane gets the winner. NaN never wins over a

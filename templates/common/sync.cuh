@@ -14,25 +14,53 @@
 namespace mimo {
 
 __device__ __forceinline__ u32 ld_acquire_gpu(const u32* p) {
+#ifdef MIMO_EMU
+    return mimo_emu::ld_acquire_gpu(p);
+#else
     u32 v;
     asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
     return v;
+#endif
 }
 __device__ __forceinline__ u32 ld_relaxed_gpu(const u32* p) {
+#ifdef MIMO_EMU
+    return mimo_emu::ld_relaxed_gpu(p);
+#else
     u32 v;
     asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
     return v;
+#endif
 }
 __device__ __forceinline__ void red_release_gpu_add(u32* p, u32 v) {
+#ifdef MIMO_EMU
+    mimo_emu::red_release_gpu_add(p, v);
+#else
     asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+#endif
 }
-__device__ __forceinline__ void fence_acq_rel_gpu() { asm volatile("fence.acq_rel.gpu;" ::: "memory"); }
+__device__ __forceinline__ void fence_acq_rel_gpu() {
+#ifdef MIMO_EMU
+    mimo_emu::fence_acq_rel_gpu();
+#else
+    asm volatile("fence.acq_rel.gpu;" ::: "memory");
+#endif
+}
 __device__ __forceinline__ u64 global_timer_ns() {
+#ifdef MIMO_EMU
+    return mimo_emu::global_timer_ns();
+#else
     u64 t;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
     return t;
+#endif
 }
-__device__ __forceinline__ void nanosleep(u32 ns) { asm volatile("nanosleep.u32 %0;" ::"r"(ns)); }
+__device__ __forceinline__ void nanosleep(u32 ns) {
+#ifdef MIMO_EMU
+    mimo_emu::nanosleep(ns);
+#else
+    asm volatile("nanosleep.u32 %0;" ::"r"(ns));
+#endif
+}
 
 // Whether some block gave up (a relaxed gpu-scope read: it only has to be seen eventually).
 __device__ __forceinline__ bool kernel_aborted(const KernelParams& p) {

@@ -45,10 +45,15 @@ __device__ __forceinline__ u16 f32_to_bf16(float f) {
 // Two floats to a bf16x2 register, `lo` in bits 0..15 (the lower k / column), each rounded to
 // nearest even. One instruction; same rounding as f32_to_bf16 (NaN payloads aside).
 __device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
+#ifdef MIMO_EMU
+    // The emulator's cvt.rn.bf16x2.f32 takes PTX's operands in PTX's order (d, a, b).
+    return mimo_emu::cvt_rn_bf16x2_f32(hi, lo);
+#else
     u32 d;
     // cvt.rn.bf16x2.f32 d, a, b puts a in the upper half and b in the lower half.
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
     return d;
+#endif
 }
 
 // The low / high bf16 of a bf16x2 register, as f32 (exact).
@@ -58,18 +63,26 @@ __device__ __forceinline__ float bf16x2_hi(u32 v) { return __uint_as_float(v & 0
 // Elementwise bf16x2 product, rounded to nearest even; subnormal inputs and results are kept
 // (no flush to zero: the FP4 decode below relies on it).
 __device__ __forceinline__ u32 mul_bf16x2(u32 a, u32 b) {
+#ifdef MIMO_EMU
+    return mimo_emu::mul_rn_bf16x2(a, b);
+#else
     u32 d;
     asm("mul.rn.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
     return d;
+#endif
 }
 
 // ---- f16 (bits in a u16) ----
 
 __device__ __forceinline__ float f16_to_f32(u32 bits) {
+#ifdef MIMO_EMU
+    return mimo_emu::cvt_f32_f16((unsigned short)bits);
+#else
     float f;
     const unsigned short h = (unsigned short)bits;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
     return f;
+#endif
 }
 
 // f16x2 register to bf16x2 (each half through f32, so rounded once, to nearest even).
