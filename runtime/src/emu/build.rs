@@ -119,7 +119,10 @@ pub fn build_kernel_library(source: &str) -> Result<(PathBuf, String)> {
         ));
     }
     let started = Instant::now();
-    let work = std::env::temp_dir().join(format!("mimo-emu-{key}-{}", std::process::id()));
+    // A directory of this build's own (two threads may build the same kernel at once).
+    static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let work = std::env::temp_dir().join(format!("mimo-emu-{key}-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let result = build_in(&work, &cxx, source);
     let built = match result {
@@ -137,7 +140,7 @@ pub fn build_kernel_library(source: &str) -> Result<(PathBuf, String)> {
                 .transpose()
                 .ok()
                 .and_then(|_| {
-                    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+                    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
                     std::fs::copy(&built, &tmp).ok()?;
                     std::fs::rename(&tmp, path).ok()
                 });

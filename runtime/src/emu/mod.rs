@@ -44,6 +44,10 @@ impl EmuOptions {
 
 /// Unused bytes on each side of every allocation.
 const REDZONE: usize = 256;
+/// One launch at a time in the process: a kernel library's runtime state is global, and two
+/// devices loading the same kernel share one library (the loader opens a path once).
+static LAUNCHES: Mutex<()> = Mutex::new(());
+
 /// Rows of the per-task byte counters (kernel task indices beyond are not counted).
 const COUNTED_TASKS: usize = 1 << 14;
 
@@ -313,6 +317,7 @@ impl Device for EmuDevice {
         };
         // The allocations' memory, the names and the counters stay alive (and unmoved) while
         // the state is locked.
+        let _one_at_a_time = LAUNCHES.lock().unwrap_or_else(|e| e.into_inner());
         library.launch(&mut l);
         if l.failed != 0 {
             let end = l
@@ -369,5 +374,108 @@ impl Device for EmuDevice {
         s.task_bytes.iter_mut().for_each(|b| *b = 0);
         s.counted_launches = 0;
         Some(TaskBytes { per_task, launches })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The emulator on a small kernel of its own (the megakernel's tests are in
+    //! tests/gpu_kernel.rs): warp shuffles, a barrier over static shared memory, one mma, and
+    //! each sabotage mode caught by the check meant for it.
+
+    use super::*;
+
+    /// `mode` 0: correct; 1: the barrier deleted (a race); 2: an out-of-bounds store; 3: a
+    /// lane that leaves before the mma; 4: ld.global.nc of memory written in the launch.
+    const KERNEL: &str = r#"
+typedef unsigned u32;
+struct KernelParams { float* out; const float* in; u32 mode; u32 pad[19]; };
+__shared__ float tile[8];
+extern "C" __global__ void mimo_megakernel(const __grid_constant__ KernelParams p) {
+    const u32 t = threadIdx.x, b = blockIdx.x;
+    float v = p.in[b * 64 + t];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if ((t & 31) == 0) tile[t / 32] = v;
+    if (p.mode != 1) __syncthreads();
+    if (t == 0) p.out[b] = tile[0] + tile[1];
+    if (p.mode == 2 && t == 5) p.out[100] = 1.0f;
+    if (p.mode == 4 && t == 0) { __syncthreads(); }
+    if (p.mode == 4 && t != 0) { __syncthreads(); float x; mimo_emu::ld_global(p.out + b, &x, 4, mimo_emu::kNonCoherent); }
+    if (p.mode == 3 && t == 7) return;
+    u32 a[4] = {0x3f803f80u, 0u, 0u, 0x3f803f80u};
+    float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (t < 32) mimo_emu::mma_m16n8k16_row_col_f32_bf16_bf16_f32(d, a, 0x40003f80u, 0u);
+    if (t == 0) p.out[2 + b] = d[0] + 100.0f * d[1];
+}
+"#;
+
+    fn run(mode: u32, seed: Option<u64>) -> (Result<(), DeviceFailure>, Vec<f32>) {
+        let dev = EmuDevice::new(EmuOptions { seed }).unwrap();
+        let input: Vec<u8> = (0..128).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        let inp = dev.alloc(input.len(), MemClass::Activations, "in").unwrap();
+        dev.copy_to_device(inp, &input).unwrap();
+        let out = dev.alloc(16, MemClass::Activations, "out").unwrap();
+        let image = KernelImage {
+            source: KERNEL.to_string(),
+            cubin: None,
+        };
+        let k = dev
+            .load_kernel(&image, crate::cuda::kernel::KERNEL_NAME)
+            .unwrap();
+        let mut params = Vec::new();
+        params.extend(out.to_le_bytes());
+        params.extend(inp.to_le_bytes());
+        params.extend(mode.to_le_bytes());
+        params.resize(96, 0);
+        let shape = LaunchShape {
+            blocks: 2,
+            threads: 64,
+            dynamic_smem: 0,
+            cooperative: true,
+        };
+        let r = dev.launch(&k, shape, &params);
+        let mut bytes = vec![0u8; 16];
+        dev.copy_to_host(out, &mut bytes).unwrap();
+        let floats = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        (r, floats)
+    }
+
+    fn message(r: Result<(), DeviceFailure>) -> String {
+        match r {
+            Err(DeviceFailure::Check { message, .. }) => message,
+            other => panic!("expected a check failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn runs_a_kernel_with_shuffles_barriers_and_mma() {
+        for seed in [None, Some(1), Some(2)] {
+            let (r, out) = run(0, seed);
+            r.unwrap();
+            // Block sums of 0..63 and 64..127; the mma: row 0 of A has ones in columns 0..7,
+            // every column of B is (1, 2, 1, 2, ...), so D[0][0] = D[0][1] = 12.
+            assert_eq!(out, vec![2016.0, 6112.0, 1212.0, 1212.0], "seed {seed:?}");
+        }
+    }
+
+    #[test]
+    fn sabotaged_kernels_are_caught() {
+        let m = message(run(1, None).0);
+        assert!(m.contains("race") && m.contains("shared memory"), "{m}");
+        let m = message(run(2, None).0);
+        assert!(
+            m.contains("out of bounds") && m.contains("past the end of allocation `out`"),
+            "{m}"
+        );
+        let m = message(run(3, None).0);
+        assert!(
+            m.contains("skips a warp collective") && m.contains("mma.sync"),
+            "{m}"
+        );
+        let m = message(run(4, None).0);
+        assert!(m.contains("ld.global.nc"), "{m}");
     }
 }
