@@ -1,8 +1,9 @@
 //! The megakernel on a GPU against the reference interpreter, and the CPU side of the same
 //! checks.
 //!
-//! GPU tests run only with `MIMO_GPU_TESTS=1` (`.gpu/run-tests gpu_kernel` sets it), and then a
-//! missing GPU fails them; otherwise they print a note and pass. They cover:
+//! The device tests get their device from `common::test_device`: the GPU with `MIMO_GPU_TESTS=1`
+//! (`.gpu/run-tests gpu_kernel` sets it; a missing GPU fails them), otherwise the device emulator
+//! (while it cannot start, they print `skipped: <reason>` and pass). They cover:
 //! - every op template alone (the fused groups of one layer, built as small graphs) on random
 //!   inputs, f32 / bf16 / MXFP4 weights, against the interpreter at bf16 tolerance;
 //! - the whole kernel on every HF fixture (f32 and MXFP4 experts): 64 greedy tokens equal to the
@@ -29,6 +30,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{model_toml, read_json};
@@ -46,7 +48,8 @@ use mimo_ir::{
     Architecture, DType, Graph, GraphBuilder, ModelSpec, NodeKind, Tensor, TensorType,
     WeightFormats,
 };
-use mimo_runtime::cuda::{self, CudaEngine, DeviceInfo, KernelImage, LaunchOptions, Megakernel};
+use mimo_runtime::cuda::{self, CudaEngine, KernelImage, LaunchOptions, Megakernel};
+use mimo_runtime::device::Device;
 use mimo_runtime::dflash::{self, ReplayDrafter, WrongDrafter, speculative_generate};
 use mimo_runtime::engine::{CpuEngine, Engine};
 use mimo_runtime::exec::ScheduleExecutor;
@@ -119,23 +122,6 @@ fn mimo_json(args: &[&str]) -> serde_json::Value {
 const OP_TOLERANCE: f64 = 2e-2;
 /// Relative L2 error allowed for a whole model's logits (errors compound over layers).
 const MODEL_TOLERANCE: f64 = 5e-2;
-
-/// The GPU when GPU tests are on; `None` (with a note) when they are off. With
-/// `MIMO_GPU_TESTS=1` a missing GPU is a failure.
-fn gpu(test: &str) -> Option<DeviceInfo> {
-    let wanted = std::env::var("MIMO_GPU_TESTS").is_ok_and(|v| v == "1");
-    if !wanted {
-        eprintln!("skipping {test}: GPU tests run with MIMO_GPU_TESTS=1");
-        return None;
-    }
-    match cuda::probe(0) {
-        Ok(info) => {
-            eprintln!("{test}: {}", info.describe());
-            Some(info)
-        }
-        Err(reason) => panic!("MIMO_GPU_TESTS=1 but no usable GPU: {reason}"),
-    }
-}
 
 fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "lengths differ");
@@ -727,7 +713,7 @@ fn random_checkpoint_command_writes_a_runnable_model() {
 
 /// Runs `graph` for `steps` steps on the GPU and the interpreter with the same random inputs.
 fn check_graph_on_gpu(
-    info: &DeviceInfo,
+    dev: &Arc<dyn Device>,
     spec: &ModelSpec,
     og: &OpGraph,
     workers: usize,
@@ -737,7 +723,7 @@ fn check_graph_on_gpu(
     let (program, image) = compile_small(&og.graph, workers, limits);
     let store = graph_weights(&og.graph, 11);
     let weights = F32Weights::from_store(&store);
-    let mut mk = Megakernel::new(info, program, &store, &image, LaunchOptions::default())
+    let mut mk = Megakernel::new(dev, program, &store, &image, LaunchOptions::default())
         .unwrap_or_else(|e| panic!("{}: {e:#}", og.name));
     let mut state = StateStore::new();
     let mut rng = Rand(17);
@@ -789,9 +775,10 @@ fn check_graph_on_gpu(
 
 #[test]
 fn gpu_each_op_template_matches_its_reference() {
-    let Some(info) = gpu("gpu_each_op_template_matches_its_reference") else {
+    let Some(dev) = common::test_device("gpu_each_op_template_matches_its_reference") else {
         return;
     };
+    let info = dev.info();
     let limits = small_limits();
     for (experts, dense) in [
         (WeightFormat::F32, WeightFormat::F32),
@@ -802,7 +789,7 @@ fn gpu_each_op_template_matches_its_reference() {
         for og in op_graphs(&spec, 64) {
             for workers in [info.sm_count.min(64), 3] {
                 let steps = if og.name == "attention" { 40 } else { 4 };
-                check_graph_on_gpu(&info, &spec, &og, workers, &limits, steps);
+                check_graph_on_gpu(&dev, &spec, &og, workers, &limits, steps);
             }
         }
     }
@@ -901,9 +888,11 @@ fn compare_greedy(
 
 #[test]
 fn gpu_fixtures_match_the_interpreter_for_64_greedy_tokens() {
-    let Some(info) = gpu("gpu_fixtures_match_the_interpreter_for_64_greedy_tokens") else {
+    let Some(dev) = common::test_device("gpu_fixtures_match_the_interpreter_for_64_greedy_tokens")
+    else {
         return;
     };
+    let info = dev.info();
     let limits = small_limits();
     let tmp = tempfile::tempdir().unwrap();
     for (i, fixture) in hf_fixtures().into_iter().enumerate() {
@@ -921,7 +910,7 @@ fn gpu_fixtures_match_the_interpreter_for_64_greedy_tokens() {
             let graph = decode_graph(&loaded.spec, 1, ctx).unwrap();
             let (program, image) = compile_small(&graph, workers, &limits);
             let mut gpu_engine = CudaEngine::new(
-                &info,
+                &dev,
                 loaded.spec.clone(),
                 program,
                 &loaded.weights,
@@ -960,16 +949,17 @@ fn qwen3_30b(layers: usize) -> ModelSpec {
 
 #[test]
 fn gpu_two_layers_of_qwen3_30b_match_the_interpreter() {
-    let Some(info) = gpu("gpu_two_layers_of_qwen3_30b_match_the_interpreter") else {
+    let Some(dev) = common::test_device("gpu_two_layers_of_qwen3_30b_match_the_interpreter") else {
         return;
     };
+    let info = dev.info();
     let spec = qwen3_30b(2);
     let started = Instant::now();
     let weights = random_weights(&spec, 3).unwrap();
     let (program, image) =
         cuda::compile_in_memory(&spec, 64, info.sm_count, mimo::TEMPLATES).unwrap();
     let mut gpu_engine = CudaEngine::new(
-        &info,
+        &dev,
         spec.clone(),
         program,
         &weights,
@@ -1006,9 +996,10 @@ fn tiny_program(workers: usize, ctx: usize) -> (ModelSpec, WeightStore, Program,
 
 #[test]
 fn gpu_a_missing_event_is_an_error_naming_the_task() {
-    let Some(info) = gpu("gpu_a_missing_event_is_an_error_naming_the_task") else {
+    let Some(dev) = common::test_device("gpu_a_missing_event_is_an_error_naming_the_task") else {
         return;
     };
+    let info = dev.info();
     let (_, weights, mut program, image) = tiny_program(4.min(info.sm_count), 32);
     // Sabotage: the first task that triggers anything forgets to.
     let victim = program
@@ -1028,7 +1019,7 @@ fn gpu_a_missing_event_is_an_error_naming_the_task() {
         wait_limit: Duration::from_millis(200),
         ..LaunchOptions::default()
     };
-    let mut mk = Megakernel::new(&info, program, &weights, &image, opts).unwrap();
+    let mut mk = Megakernel::new(&dev, program, &weights, &image, opts).unwrap();
     let inputs = [
         ("token_ids", Tensor::from_i32([1], vec![1])),
         ("positions", Tensor::from_i32([1], vec![0])),
@@ -1054,16 +1045,17 @@ fn gpu_a_missing_event_is_an_error_naming_the_task() {
 
 #[test]
 fn gpu_serial_mode_gives_the_same_results() {
-    let Some(info) = gpu("gpu_serial_mode_gives_the_same_results") else {
+    let Some(dev) = common::test_device("gpu_serial_mode_gives_the_same_results") else {
         return;
     };
+    let info = dev.info();
     let (_, weights, program, image) = tiny_program(6.min(info.sm_count), 32);
     let run = |serial: bool| -> Vec<HashMap<String, Tensor>> {
         let opts = LaunchOptions {
             serial,
             ..LaunchOptions::default()
         };
-        let mut mk = Megakernel::new(&info, program.clone(), &weights, &image, opts).unwrap();
+        let mut mk = Megakernel::new(&dev, program.clone(), &weights, &image, opts).unwrap();
         (0..8)
             .map(|p| {
                 let inputs = [
@@ -1090,9 +1082,10 @@ fn gpu_serial_mode_gives_the_same_results() {
 /// session, against the CPU schedule executor.
 #[test]
 fn gpu_generate_runs_a_compiled_artifact() {
-    let Some(info) = gpu("gpu_generate_runs_a_compiled_artifact") else {
+    let Some(dev) = common::test_device("gpu_generate_runs_a_compiled_artifact") else {
         return;
     };
+    let info = dev.info();
     let tmp = tempfile::tempdir().unwrap();
     let fixture = &hf_fixtures()[0];
     let art = tmp.path().join("art");
@@ -1127,7 +1120,7 @@ fn gpu_generate_runs_a_compiled_artifact() {
             "--logits",
         ])
     };
-    let (gpu_out, cpu_out) = (generate("cuda"), generate("cpu"));
+    let (gpu_out, cpu_out) = (generate(common::device_flag(&dev)), generate("cpu"));
     assert!(
         gpu_out["device"]
             .as_str()
@@ -1178,7 +1171,7 @@ fn gpu_generate_runs_a_compiled_artifact() {
         "--prompt-ids",
         "1",
         "--device",
-        "cuda",
+        common::device_flag(&dev),
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -1190,13 +1183,13 @@ fn gpu_generate_runs_a_compiled_artifact() {
 
 #[test]
 fn gpu_bench_reports_cuda_timing() {
-    let Some(_info) = gpu("gpu_bench_reports_cuda_timing") else {
+    let Some(dev) = common::test_device("gpu_bench_reports_cuda_timing") else {
         return;
     };
     let out = mimo_json(&[
         "bench",
         "--device",
-        "cuda",
+        common::device_flag(&dev),
         "--tokens",
         "16",
         "--context",
@@ -1268,12 +1261,13 @@ fn keep_going(_: u32) -> std::ops::ControlFlow<()> {
 /// that is always wrong.
 #[test]
 fn gpu_dflash_speculative_equals_plain_greedy() {
-    let Some(info) = gpu("gpu_dflash_speculative_equals_plain_greedy") else {
+    let Some(dev) = common::test_device("gpu_dflash_speculative_equals_plain_greedy") else {
         return;
     };
+    let info = dev.info();
     let (target, draft, store) = dflash_models();
     let (mut engine, mut drafter) = dflash::cuda_pair(
-        &info,
+        &dev,
         target,
         draft,
         &store,
@@ -1317,14 +1311,15 @@ fn gpu_dflash_speculative_equals_plain_greedy() {
 /// block (its own program).
 #[test]
 fn gpu_dflash_verify_matches_the_schedule_executor() {
-    let Some(info) = gpu("gpu_dflash_verify_matches_the_schedule_executor") else {
+    let Some(dev) = common::test_device("gpu_dflash_verify_matches_the_schedule_executor") else {
         return;
     };
+    let info = dev.info();
     let (target, draft, store) = dflash_models();
     let capture = draft.target_layer_ids.clone();
     let opts = compile_opts(info.sm_count.min(8));
     let (mut gpu_engine, _) = dflash::cuda_pair(
-        &info,
+        &dev,
         target.clone(),
         draft.clone(),
         &store,

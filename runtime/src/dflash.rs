@@ -53,7 +53,7 @@ use crate::engine::{CpuEngine, Engine};
 use crate::generate::{FinishReason, GenerateOutput, GenerateRequest};
 use crate::model::{LoadedModel, load_model};
 use crate::sampling::{Sampler, SamplingParams};
-use crate::session::{DeviceChoice, Session, interpreter_only, select_gpu};
+use crate::session::{DeviceChoice, Session, interpreter_only, select_device};
 
 /// What a drafter sees when asked for a block.
 #[derive(Debug, Clone, Copy)]
@@ -360,17 +360,16 @@ pub fn open_speculative(
     device: DeviceChoice,
 ) -> Result<(Session, DFlashDrafter)> {
     let mut notes = Vec::new();
-    let gpu = select_gpu(device, &mut notes)?;
     let (loaded, name) = match model {
         Some(path) if Artifact::is_artifact(path) => {
-            if let Some(info) = &gpu {
-                match cuda::open_artifact(path, draft, block_size, info, notes.clone()) {
+            if let Some(dev) = select_device(device, &mut notes)? {
+                match cuda::open_artifact(path, draft, block_size, &dev, notes.clone()) {
                     Ok(pair) => return Ok(pair),
-                    Err(e) if device == DeviceChoice::Cuda => {
+                    Err(e) if device != DeviceChoice::Auto => {
                         return Err(e.context(format!(
                             "opening {} with its draft on {}",
                             path.display(),
-                            info.describe()
+                            dev.describe()
                         )));
                     }
                     Err(e) => notes.push(format!(
@@ -383,7 +382,7 @@ pub fn open_speculative(
         }
         Some(path) if !builtin::is_builtin(path) => {
             let name = path.display().to_string();
-            interpreter_only(gpu.is_some(), device, &name, &mut notes)?;
+            interpreter_only(device, &name, &mut notes)?;
             (
                 load_model(path, &|_, _| {})
                     .with_context(|| format!("loading {}", path.display()))?,
@@ -391,7 +390,7 @@ pub fn open_speculative(
             )
         }
         _ => {
-            interpreter_only(gpu.is_some(), device, builtin::NAME, &mut notes)?;
+            interpreter_only(device, builtin::NAME, &mut notes)?;
             (builtin::load()?, builtin::NAME.to_string())
         }
     };

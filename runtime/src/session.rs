@@ -3,8 +3,9 @@
 //! here.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use mimo_compiler::artifact::{self, Artifact};
 use mimo_compiler::{CompileOptions, Program};
 use mimo_ir::ModelSpec;
@@ -12,6 +13,8 @@ use mimo_ir::interp::F32Weights;
 
 use crate::builtin;
 use crate::cuda;
+use crate::device::Device;
+use crate::emu::{EmuDevice, EmuOptions};
 use crate::engine::{CpuEngine, Engine, ScheduleEngine, TargetProgram};
 use crate::model::{LoadedModel, load_model};
 use crate::tokenizer::Tokenizer;
@@ -23,6 +26,21 @@ pub enum DeviceChoice {
     Auto,
     Cpu,
     Cuda,
+    /// The device emulator: the generated CUDA kernel run on the CPU with memory and race
+    /// checks (a correctness tool, slow).
+    Emu,
+}
+
+impl DeviceChoice {
+    /// The `--device` value it stands for.
+    pub fn flag(self) -> &'static str {
+        match self {
+            DeviceChoice::Auto => "auto",
+            DeviceChoice::Cpu => "cpu",
+            DeviceChoice::Cuda => "cuda",
+            DeviceChoice::Emu => "emu",
+        }
+    }
 }
 
 /// An engine ready to generate, with what generation needs around it.
@@ -45,16 +63,13 @@ pub fn open_session(
     max_context: Option<usize>,
 ) -> Result<Session> {
     let mut notes = Vec::new();
-    let gpu = select_gpu(device, &mut notes)?;
     match model {
-        Some(path) if Artifact::is_artifact(path) => open_artifact(path, gpu, device, notes),
+        Some(path) if Artifact::is_artifact(path) => {
+            let dev = select_device(device, &mut notes)?;
+            open_artifact(path, dev, device, notes)
+        }
         Some(path) if !builtin::is_builtin(path) => {
-            interpreter_only(
-                gpu.is_some(),
-                device,
-                &path.display().to_string(),
-                &mut notes,
-            )?;
+            interpreter_only(device, &path.display().to_string(), &mut notes)?;
             let loaded = load_model(path, &|_, _| {})
                 .with_context(|| format!("loading {}", path.display()))?;
             Ok(interpreter_session(
@@ -65,7 +80,7 @@ pub fn open_session(
             ))
         }
         _ => {
-            interpreter_only(gpu.is_some(), device, builtin::NAME, &mut notes)?;
+            interpreter_only(device, builtin::NAME, &mut notes)?;
             Ok(interpreter_session(
                 builtin::load()?,
                 builtin::NAME.to_string(),
@@ -76,13 +91,46 @@ pub fn open_session(
     }
 }
 
-/// The GPU to run on: `None` for the CPU (with `--device auto`, a note says why), an error when
-/// `--device cuda` finds none usable.
-pub(crate) fn select_gpu(
+/// The device to run a compiled program on: `None` for the CPU (with `--device auto`, a note
+/// says why), an error when `--device cuda` finds no usable GPU or `--device emu` cannot start
+/// the emulator. Opening a GPU creates its context, so this is called only where one will run.
+pub fn select_device(
     device: DeviceChoice,
     notes: &mut Vec<String>,
-) -> Result<Option<cuda::DeviceInfo>> {
-    if device == DeviceChoice::Cpu {
+) -> Result<Option<Arc<dyn Device>>> {
+    match device {
+        DeviceChoice::Cpu => Ok(None),
+        DeviceChoice::Emu => EmuDevice::new(EmuOptions::from_env())
+            .map(Some)
+            .map_err(|e| anyhow!("--device emu: {e:#}")),
+        DeviceChoice::Auto | DeviceChoice::Cuda => {
+            let Some(info) = probe_gpu(device, notes)? else {
+                return Ok(None);
+            };
+            match cuda::CudaDevice::open(&info) {
+                Ok(dev) => Ok(Some(dev)),
+                Err(e) if device == DeviceChoice::Cuda => {
+                    bail!(
+                        "--device cuda: {} is not usable: {e:#}; use --device cpu",
+                        info.describe()
+                    )
+                }
+                Err(e) => {
+                    notes.push(format!(
+                        "running on the CPU: {} could not be opened ({e:#})",
+                        info.describe()
+                    ));
+                    Ok(None)
+                }
+            }
+        }
+    }
+}
+
+/// The GPU `--device auto` or `--device cuda` finds, probed without opening it: `None` for the
+/// CPU (with `auto`, a note says why), an error when `cuda` finds none usable.
+fn probe_gpu(device: DeviceChoice, notes: &mut Vec<String>) -> Result<Option<cuda::DeviceInfo>> {
+    if !matches!(device, DeviceChoice::Auto | DeviceChoice::Cuda) {
         return Ok(None);
     }
     match cuda::probe(0) {
@@ -97,27 +145,36 @@ pub(crate) fn select_gpu(
     }
 }
 
-/// The GPU runs compiled artifacts only: the kernel source comes from `mimo-compile` (the
+/// The devices run compiled artifacts only: the kernel source comes from `mimo-compile` (the
 /// templates it is generated from are embedded in the `mimo` binaries, not in this library), so a
-/// model directory or model.toml runs on the reference interpreter.
+/// model directory or model.toml runs on the reference interpreter: an error with `--device
+/// cuda` (where a GPU is usable) or `--device emu`, a note with `--device auto` (where one is).
 pub(crate) fn interpreter_only(
-    have_gpu: bool,
     device: DeviceChoice,
     model: &str,
     notes: &mut Vec<String>,
 ) -> Result<()> {
-    if !have_gpu {
-        return Ok(());
+    let refused = |flag: &str| {
+        anyhow!(
+            "--device {flag} runs compiled artifacts: compile {model} with `mimo-compile {model} -o DIR` and pass --model DIR"
+        )
+    };
+    match device {
+        DeviceChoice::Cpu => Ok(()),
+        DeviceChoice::Emu => Err(refused("emu")),
+        DeviceChoice::Auto | DeviceChoice::Cuda => {
+            if probe_gpu(device, notes)?.is_none() {
+                return Ok(());
+            }
+            if device == DeviceChoice::Cuda {
+                return Err(refused("cuda"));
+            }
+            notes.push(format!(
+                "running {model} on the CPU reference interpreter: the GPU runs compiled artifacts (`mimo-compile {model} -o DIR`, then --model DIR)"
+            ));
+            Ok(())
+        }
     }
-    if device == DeviceChoice::Cuda {
-        bail!(
-            "--device cuda runs compiled artifacts: compile {model} with `mimo-compile {model} -o DIR` and pass --model DIR"
-        );
-    }
-    notes.push(format!(
-        "running {model} on the CPU reference interpreter: the GPU runs compiled artifacts (`mimo-compile {model} -o DIR`, then --model DIR)"
-    ));
-    Ok(())
 }
 
 fn interpreter_session(
@@ -214,19 +271,20 @@ pub(crate) fn schedule_engine(
     Ok(engine)
 }
 
-/// An artifact runs on the GPU megakernel when one is usable, else on the CPU schedule executor,
-/// with the weights of the model it was compiled from (refused when that model no longer
-/// matches). With `--device auto` a GPU that fails to take the model leaves the CPU, with a note.
+/// An artifact runs on the megakernel when a device is usable (a GPU, or the emulator when asked
+/// for), else on the CPU schedule executor, with the weights of the model it was compiled from
+/// (refused when that model no longer matches). With `--device auto` a GPU that fails to take the
+/// model leaves the CPU, with a note.
 fn open_artifact(
     dir: &Path,
-    gpu: Option<cuda::DeviceInfo>,
+    dev: Option<Arc<dyn Device>>,
     device: DeviceChoice,
     mut notes: Vec<String>,
 ) -> Result<Session> {
     let (art, model) = load_artifact_model(dir)?;
-    if let Some(info) = &gpu {
+    if let Some(dev) = &dev {
         match cuda::CudaEngine::from_artifact(
-            info,
+            dev,
             &art,
             &model.weights,
             cuda::LaunchOptions::from_env(),
@@ -241,8 +299,8 @@ fn open_artifact(
                     notes,
                 });
             }
-            Err(e) if device == DeviceChoice::Cuda => {
-                return Err(e.context(format!("opening {} on {}", dir.display(), info.describe())));
+            Err(e) if device != DeviceChoice::Auto => {
+                return Err(e.context(format!("opening {} on {}", dir.display(), dev.describe())));
             }
             Err(e) => notes.push(format!(
                 "the CUDA engine could not take {} ({e:#}); running on the CPU schedule executor",

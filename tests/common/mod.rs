@@ -1,8 +1,14 @@
-//! Helpers shared by the end-to-end tests: running the `mimo` binaries and reading fixtures.
+//! Helpers shared by the end-to-end tests: running the `mimo` binaries, reading fixtures, and the
+//! device the device tests run on ([`test_device`]).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
+
+use mimo_runtime::cuda;
+use mimo_runtime::device::Device;
+use mimo_runtime::emu::{EmuDevice, EmuOptions};
 
 /// The committed HF parity fixtures, one directory each.
 pub fn hf_fixtures() -> Vec<PathBuf> {
@@ -193,4 +199,43 @@ pub fn small_dflash_pair(
         format: mimo_ir::formats::WeightFormat::Bf16,
     };
     (target, draft)
+}
+
+/// The device the device tests run on, the one place they get it: with `MIMO_GPU_TESTS=1` the
+/// CUDA GPU (a missing or unusable one fails the test), otherwise the device emulator. While the
+/// emulator cannot start, `None`, with `skipped: <reason>` on stderr.
+pub fn test_device(test: &str) -> Option<Arc<dyn Device>> {
+    if std::env::var("MIMO_GPU_TESTS").is_ok_and(|v| v == "1") {
+        let info = cuda::probe(0)
+            .unwrap_or_else(|reason| panic!("MIMO_GPU_TESTS=1 but no usable GPU: {reason}"));
+        let dev = cuda::CudaDevice::open(&info).unwrap_or_else(|e| {
+            panic!(
+                "MIMO_GPU_TESTS=1 but {} does not open: {e:#}",
+                info.describe()
+            )
+        });
+        eprintln!("{test}: {}", dev.describe());
+        return Some(dev);
+    }
+    match EmuDevice::new(EmuOptions::from_env()) {
+        Ok(dev) => {
+            eprintln!("{test}: {}", dev.describe());
+            Some(dev)
+        }
+        Err(e) => {
+            eprintln!(
+                "skipped: {test}: the device emulator: {e:#} (MIMO_GPU_TESTS=1 runs it on the GPU)"
+            );
+            None
+        }
+    }
+}
+
+/// The `mimo --device` value that runs on `dev` (from [`test_device`]).
+pub fn device_flag(dev: &Arc<dyn Device>) -> &'static str {
+    if dev.describe().starts_with("emu") {
+        "emu"
+    } else {
+        "cuda"
+    }
 }

@@ -6,7 +6,6 @@
 //! file to hold against `templates/common/abi.cuh`; a test checks field order and sizes against
 //! the header itself.
 
-use cudarc::driver::DeviceRepr;
 use mimo_compiler::abi::{self, OpArgs};
 
 /// abi.cuh `KernelParams`, byte for byte (96 bytes; checked against the header by a test).
@@ -28,10 +27,31 @@ pub struct KernelParams {
     pub workers: u32,
 }
 
-// SAFETY: `KernelParams` is `repr(C)` and made of integers only, laid out exactly as abi.cuh's
-// `KernelParams` (the test `kernel_params_match_abi_cuh` checks field order and size); it is
-// passed by value as the kernel's only parameter.
-unsafe impl DeviceRepr for KernelParams {}
+impl KernelParams {
+    /// The struct's bytes, little-endian, in abi.cuh's layout (no padding: eleven u64s, then two
+    /// u32s): what [`crate::device::Device::launch`] passes as the kernel's parameter.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(std::mem::size_of::<Self>());
+        for v in [
+            self.tasks,
+            self.queue_start,
+            self.waits,
+            self.triggers,
+            self.ops,
+            self.weights,
+            self.arena,
+            self.state,
+            self.events,
+            self.diag,
+            self.wait_limit_ns,
+        ] {
+            b.extend(v.to_le_bytes());
+        }
+        b.extend(self.step.to_le_bytes());
+        b.extend(self.workers.to_le_bytes());
+        b
+    }
+}
 
 /// abi.cuh `Diagnostics`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -135,6 +155,16 @@ mod tests {
         assert_eq!(std::mem::offset_of!(KernelParams, wait_limit_ns), 80);
         assert_eq!(std::mem::offset_of!(KernelParams, step), 88);
         assert_eq!(std::mem::offset_of!(KernelParams, workers), 92);
+        let p = KernelParams {
+            tasks: 0x0102_0304_0506_0708,
+            step: 7,
+            workers: 9,
+            ..KernelParams::default()
+        };
+        let bytes = p.to_bytes();
+        assert_eq!(bytes.len(), 96);
+        assert_eq!(&bytes[..8], &0x0102_0304_0506_0708u64.to_le_bytes());
+        assert_eq!(&bytes[88..], &[7, 0, 0, 0, 9, 0, 0, 0]);
         assert_eq!(
             c_fields("Diagnostics"),
             ["aborted", "worker", "task", "event", "observed", "expected"]

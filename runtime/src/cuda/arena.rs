@@ -1,7 +1,7 @@
 //! The arena from the host: a program's graph inputs and outputs and their places in it
 //! (`Port`s, read from the memory plan), writes into it, device-side copies (within one arena,
-//! from a staged scratch table, between two programs' arenas), and readback through pinned host
-//! memory.
+//! from a staged scratch table, between two programs' arenas), and readback (after the step's
+//! deadline-bounded wait).
 //!
 //! Every copy into, within or out of an arena goes through here, so the bounds checks that keep
 //! those copies inside their allocations live in one file.
@@ -9,14 +9,13 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use cudarc::driver::{DevicePtr, result};
 use mimo_compiler::Program;
 use mimo_compiler::plan::{Buffer, Location};
 use mimo_ir::TensorType;
 use mimo_ir::graph::NodeKind;
 
-use super::call;
 use super::megakernel::Megakernel;
+use crate::device::{DeviceBuffer, MemClass};
 
 /// A graph input or output: where it lives in the arena and what it is.
 #[derive(Debug, Clone)]
@@ -68,46 +67,57 @@ impl Megakernel {
         list.iter().find(|p| p.name == name).map(|p| p.loc)
     }
 
-    /// Copies `words` into the arena at `offset` (asynchronously, in stream order).
+    /// Words of the arena.
+    fn arena_words(&self) -> usize {
+        self.arena.bytes() / 4
+    }
+
+    /// Copies `words` into the arena at `offset` (in stream order).
     pub fn write_arena(&mut self, offset: usize, words: &[u32]) -> Result<()> {
         let range = offset..offset + words.len();
-        if range.end > self.arena.len() {
-            bail!("arena write {range:?} past its {} words", self.arena.len());
+        if range.end > self.arena_words() {
+            bail!(
+                "arena write {range:?} past its {} words",
+                self.arena_words()
+            );
         }
-        call("copying inputs to the device", || {
-            self.stream
-                .memcpy_htod(words, &mut self.arena.slice_mut(range))
-        })
+        self.arena
+            .write_words(4 * offset, words)
+            .context("copying inputs to the device")
     }
 
     /// Uploads `words` into a device scratch table (for bench loops that feed steps on the
     /// device), replacing the previous one.
     pub fn stage_scratch(&mut self, words: &[u32]) -> Result<()> {
-        let mut w = words.to_vec();
-        w.push(0);
-        self.scratch = Some(call("uploading a scratch table", || {
-            self.stream.clone_htod(&w[..])
-        })?);
+        self.scratch = None;
+        self.scratch = Some(DeviceBuffer::from_words(
+            &self.dev,
+            words,
+            MemClass::Other,
+            "scratch table",
+        )?);
         Ok(())
     }
 
     /// Copies `len` words from scratch word `from` to arena word `to`, in stream order.
     pub fn copy_scratch_to_arena(&mut self, from: usize, to: usize, len: usize) -> Result<()> {
         let scratch = self.scratch.as_ref().context("no scratch table staged")?;
-        if from + len > scratch.len() || to + len > self.arena.len() {
+        if from + len > scratch.bytes() / 4 || to + len > self.arena_words() {
             bail!("scratch copy out of bounds");
         }
-        let src = scratch.slice(from..from + len);
-        call("copying scratch words to the arena", || {
-            self.stream
-                .memcpy_dtod(&src, &mut self.arena.slice_mut(to..to + len))
-        })
+        self.dev
+            .copy_on_device(
+                self.arena.ptr() + 4 * to as u64,
+                scratch.ptr() + 4 * from as u64,
+                4 * len,
+            )
+            .context("copying scratch words to the arena")
     }
 
     /// Copies `len` arena words from `from` to `to` (non-overlapping), in stream order: how a
     /// step's output (the next token) becomes the next step's input without the host.
     pub fn copy_within_arena(&mut self, from: usize, to: usize, len: usize) -> Result<()> {
-        let n = self.arena.len();
+        let n = self.arena_words();
         if from + len > n || to + len > n || (from < to + len && to < from + len) {
             bail!(
                 "arena copy {from}..{} -> {to}..{} is out of bounds or overlaps",
@@ -115,25 +125,15 @@ impl Megakernel {
                 to + len
             );
         }
-        let base = self.arena.device_ptr(&self.stream).0;
-        call("binding the CUDA context", || self.ctx.bind_to_thread())?;
-        call("copying within the arena", || {
-            // SAFETY: both ranges lie inside the arena allocation (checked above) and do not
-            // overlap; the copy is ordered on the stream every kernel launch uses.
-            unsafe {
-                result::memcpy_dtod_async(
-                    base + 4 * to as u64,
-                    base + 4 * from as u64,
-                    4 * len,
-                    self.stream.cu_stream(),
-                )
-            }
-        })
+        let base = self.arena.ptr();
+        self.dev
+            .copy_on_device(base + 4 * to as u64, base + 4 * from as u64, 4 * len)
+            .context("copying within the arena")
     }
 
     /// Copies `len` words of this program's arena at `from` into `dst`'s arena at `to`, in
-    /// stream order (both programs run on one stream of one context): a value one program
-    /// produced becomes another's input without the host.
+    /// stream order (both programs run on one device): a value one program produced becomes
+    /// another's input without the host.
     pub fn copy_arena_to(
         &self,
         from: usize,
@@ -142,60 +142,39 @@ impl Megakernel {
         len: usize,
     ) -> Result<()> {
         if !Arc::ptr_eq(&self.shared, &dst.shared) {
-            bail!("an arena copy between programs of different CUDA contexts");
+            bail!("an arena copy between programs of different device contexts");
         }
-        if from + len > self.arena.len() || to + len > dst.arena.len() {
+        if from + len > self.arena_words() || to + len > dst.arena_words() {
             bail!("arena copy {from}+{len} -> {to}+{len} is out of bounds");
         }
-        let src = self.arena.slice(from..from + len);
-        let mut dst_range = dst.arena.slice_mut(to..to + len);
-        call("copying between program arenas", || {
-            self.stream.memcpy_dtod(&src, &mut dst_range)
-        })
+        self.dev
+            .copy_on_device(
+                dst.arena.ptr() + 4 * to as u64,
+                self.arena.ptr() + 4 * from as u64,
+                4 * len,
+            )
+            .context("copying between program arenas")
     }
 
-    /// Enqueues a copy of arena value `loc` into its pinned host buffer named `name`.
-    pub(super) fn enqueue_read(&mut self, name: &str, loc: Location) -> Result<()> {
-        if loc.buffer != Buffer::Arena {
-            bail!("`{name}` is not in the arena");
+    /// The words of arena value `loc`, read back now: only after [`Megakernel::synchronize`]
+    /// (a read before the deadline-bounded wait would block on a hung kernel).
+    pub(super) fn read_back(&self, name: &str, loc: Location) -> Result<Vec<u32>> {
+        if loc.buffer != Buffer::Arena || loc.offset + loc.len > self.arena_words() {
+            bail!("`{name}` ({loc:?}) is not an arena range");
         }
-        if !self.host_out.contains_key(name) {
-            // SAFETY: plain page-locked memory, fully written by the copy below before any read.
-            let buf = call("allocating pinned host memory", || unsafe {
-                self.ctx.alloc_pinned_with_flags::<u32>(loc.len.max(1), 0)
-            })?;
-            self.host_out.insert(name.to_string(), buf);
-        }
-        let dst = self.host_out.get_mut(name).expect("inserted above");
-        let src = self.arena.slice(loc.offset..loc.offset + loc.len);
-        call(&format!("copying `{name}` to the host"), || {
-            self.stream.memcpy_dtoh(&src, dst)
-        })
+        self.arena
+            .read_words(4 * loc.offset, loc.len)
+            .with_context(|| format!("copying `{name}` to the host"))
     }
 
-    /// The words the last step copied for output `name`.
-    pub(super) fn host_words(&self, name: &str) -> Result<Vec<u32>> {
-        let buf = self.host_out.get(name).context("no such output buffer")?;
-        let len = self
-            .outputs
-            .iter()
-            .find(|p| p.name == name)
-            .map_or(0, |p| p.loc.len);
-        Ok(call("reading pinned host memory", || buf.as_slice())?[..len].to_vec())
-    }
-
-    /// Reads any arena value (after a step): for tests and debugging.
+    /// Reads any arena value (after everything enqueued): for tests and debugging.
     pub fn read_arena(&mut self, loc: Location) -> Result<Vec<u32>> {
         self.check_usable()?;
-        if loc.buffer != Buffer::Arena || loc.offset + loc.len > self.arena.len() {
+        if loc.buffer != Buffer::Arena || loc.offset + loc.len > self.arena_words() {
             bail!("{loc:?} is not an arena range");
         }
-        let src = self.arena.slice(loc.offset..loc.offset + loc.len);
-        let v = call("copying an arena value to the host", || {
-            self.stream.clone_dtoh(&src)
-        })?;
         self.synchronize()?;
-        Ok(v)
+        self.read_back("an arena value", loc)
     }
 
     /// Words `rows` of output `name` (a [tokens, ...] value), copied back after everything

@@ -1,31 +1,24 @@
-//! Where device failures become errors: waiting for a step against the host's own deadline,
-//! and turning what went wrong into one line that names it.
+//! Where device failures become errors: waiting for a step against the host's own deadline
+//! ([`crate::device::Device::synchronize`]), and turning what went wrong
+//! ([`DeviceFailure`]) into one line that names it.
 //!
 //! - a **fault** (a driver error after the launch) loses the CUDA context, so the engine is
 //!   poisoned and refuses further work; in serial mode (`MIMO_CUDA_SERIAL=1`, one launch per
 //!   task) the message names the faulting task, otherwise it suggests serial mode;
 //! - a **hang** (the host's deadline passes with the kernel still running) poisons it too;
+//! - a failed emulator **check** (out of bounds, a race, ...) names the step, the worker and the
+//!   task the failing block was running, and poisons the engine: the device state is unknown;
 //! - an **abort** (a device-side wait gave up, or a task could not run with the kernel's limits)
 //!   leaves the abi.cuh `Diagnostics` block, decoded here into the task, the event, its counts
 //!   and the tasks that should have triggered it; the counters are reset so the engine stays
 //!   usable.
 
-use std::time::{Duration, Instant};
-
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use mimo_compiler::abi::NONE;
 
-use super::abi_layout::Diagnostics;
+use super::abi_layout::{DIAG_WORDS, Diagnostics};
 use super::megakernel::Megakernel;
-use super::{call, error_name, guarded};
-
-/// Why waiting for a step failed.
-enum WaitError {
-    /// A driver error after the launch: the kernel faulted (the message names the error).
-    Fault(String),
-    /// The host's deadline passed with the kernel still running.
-    Hang,
-}
+use crate::device::DeviceFailure;
 
 impl Megakernel {
     /// Waits for everything enqueued, then checks the diagnostics: the one place where device
@@ -34,104 +27,91 @@ impl Megakernel {
         self.wait_step(self.step.saturating_sub(1), None)
     }
 
-    /// Waits for the stream; `step` and `serial_task` only name what ran in messages. Any driver
-    /// error from here on is an asynchronous error of the work enqueued (a fault): the context is
-    /// lost, so the engine remembers it and refuses further work.
+    /// Waits for the device within the host's deadline; `step` and `serial_task` only name what
+    /// ran in messages. A failure from here on is one of the work enqueued: the engine remembers
+    /// it and refuses further work. Then reads the diagnostics block.
     pub(super) fn wait_step(&mut self, step: u32, serial_task: Option<usize>) -> Result<()> {
         self.check_usable()?;
-        match self.wait_for_stream(step) {
-            Ok(()) => {}
-            Err(WaitError::Fault(e)) => {
-                let at = match serial_task {
-                    Some(id) => format!(" in {}", self.describe_task(id)),
-                    None => String::new(),
-                };
-                let why = format!(
-                    "GPU fault{at} during step {step}: {e}; the CUDA context is lost (restart the process{})",
-                    if serial_task.is_none() {
-                        "; MIMO_CUDA_SERIAL=1 runs one task per launch and names the faulting task"
-                    } else {
-                        ""
-                    }
-                );
-                self.poisoned = Some(why.clone());
-                bail!(why);
-            }
-            Err(WaitError::Hang) => {
-                let why = format!(
-                    "step {step} did not finish within {:?}: the kernel is still running on {} (a device-side hang)",
-                    self.opts.host_timeout,
-                    self.device.describe()
-                );
-                self.poisoned = Some(why.clone());
-                bail!(why);
-            }
+        if let Err(failure) = self.dev.synchronize(self.opts.host_timeout) {
+            return Err(self.failed(failure, step, serial_task));
         }
         let d = Diagnostics::from_words(
-            guarded("reading the diagnostics", || self.host_diag.as_slice())?
-                .map_err(|e| anyhow!("reading the diagnostics failed: {}", error_name(e)))?,
+            &self
+                .diag
+                .read_words(0, DIAG_WORDS)
+                .context("reading the diagnostics")?,
         );
         if d.aborted != 0 {
             let message = self.diagnose(d, step);
             // The counters are inconsistent after an abort: start over from zero so the engine
             // stays usable (the caller decides whether the sequence goes on).
             self.zero_counters()?;
-            call("resetting after an aborted step", || {
-                self.stream.synchronize()
-            })?;
+            self.dev
+                .synchronize(self.opts.host_timeout)
+                .map_err(|e| anyhow!("resetting after an aborted step: {e}"))?;
             bail!(message);
         }
         Ok(())
     }
 
-    /// Copies the diagnostics back behind the enqueued work and polls until all of it is done,
-    /// within the host's deadline.
-    fn wait_for_stream(&mut self, step: u32) -> Result<(), WaitError> {
-        let fault = |what: &str, r: Result<Result<(), cudarc::driver::DriverError>>| match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(WaitError::Fault(format!("{what}: {}", error_name(e)))),
-            Err(panic) => Err(WaitError::Fault(format!("{what}: {panic}"))),
-        };
-        // Event queries are made on whichever thread steps the engine (a server moves it).
-        fault(
-            "binding the CUDA context",
-            guarded("binding", || self.ctx.bind_to_thread()),
-        )?;
-        fault(
-            "copying the diagnostics",
-            guarded("copying", || {
-                self.stream.memcpy_dtoh(&self.diag, &mut self.host_diag)
-            }),
-        )?;
-        fault(
-            "recording the end of the step",
-            guarded("recording", || self.done.record(&self.stream)),
-        )?;
-        let started = Instant::now();
-        let mut polls = 0u32;
-        loop {
-            match guarded("polling", || self.done.try_is_complete()) {
-                Ok(Ok(true)) => return Ok(()),
-                Ok(Ok(false)) => {}
-                Ok(Err(e)) => return Err(WaitError::Fault(error_name(e))),
-                Err(panic) => return Err(WaitError::Fault(panic.to_string())),
+    /// The error for `failure` during `step` (in serial mode, of `serial_task`'s launch), the
+    /// engine poisoned: after a fault or a hang the context is lost, after a failed emulator
+    /// check the device state is unknown.
+    pub(super) fn failed(
+        &mut self,
+        failure: DeviceFailure,
+        step: u32,
+        serial_task: Option<usize>,
+    ) -> anyhow::Error {
+        let why = match failure {
+            DeviceFailure::Fault(e) => {
+                let at = match serial_task {
+                    Some(id) => format!(" in {}", self.describe_task(id)),
+                    None => String::new(),
+                };
+                format!(
+                    "GPU fault{at} during step {step}: {e}; the CUDA context is lost (restart the process{})",
+                    if serial_task.is_none() {
+                        "; MIMO_CUDA_SERIAL=1 runs one task per launch and names the faulting task"
+                    } else {
+                        ""
+                    }
+                )
             }
-            if started.elapsed() > self.opts.host_timeout {
+            DeviceFailure::Hang => {
                 tracing::error!(
                     "step {step}: no completion after {:?}",
                     self.opts.host_timeout
                 );
-                return Err(WaitError::Hang);
+                format!(
+                    "step {step} did not finish within {:?}: the kernel is still running on {} (a device-side hang)",
+                    self.opts.host_timeout,
+                    self.dev.describe()
+                )
             }
-            polls += 1;
-            if polls < 2000 {
-                std::hint::spin_loop();
-            } else if polls < 20_000 {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(Duration::from_micros(50));
-            }
-        }
+            DeviceFailure::Check {
+                worker,
+                task,
+                message,
+            } => match task {
+                Some(t) => format!(
+                    "step {step}: worker {worker}: {}: {message}",
+                    self.describe_task_index(t)
+                ),
+                None => format!("step {step}: worker {worker}: {message}"),
+            },
+            DeviceFailure::Other(e) => format!("step {step}: {e}"),
+        };
+        self.poisoned = Some(why.clone());
+        anyhow!(why)
+    }
+
+    /// A kernel task index (into the ABI task table) as [`Megakernel::describe_task`] names it.
+    fn describe_task_index(&self, index: u32) -> String {
+        self.tables.task_ids.get(index as usize).map_or_else(
+            || format!("kernel task index {index}"),
+            |&id| self.describe_task(id),
+        )
     }
 
     /// `task 12 (`layers.0.q_proj` norm_matmul, units 0..64)`.
@@ -150,10 +130,7 @@ impl Megakernel {
 
     /// One line naming the task (and, for a wait, the event and who should have triggered it).
     fn diagnose(&self, d: Diagnostics, step: u32) -> String {
-        let task = self.tables.task_ids.get(d.task as usize).map_or_else(
-            || format!("kernel task index {}", d.task),
-            |&id| self.describe_task(id),
-        );
+        let task = self.describe_task_index(d.task);
         if d.event == NONE {
             let what = if d.observed == 1 {
                 "its shapes exceed a MIMO_MAX_* limit the kernel was generated with (or its kind is unknown)".to_string()

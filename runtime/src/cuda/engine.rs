@@ -4,6 +4,7 @@
 //! artifact lacks are compiled on first use. Also here: the decode benchmark, and compiling a
 //! model without an artifact directory.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -16,9 +17,9 @@ use mimo_ir::{Graph, ModelSpec};
 
 use super::launch::LaunchOptions;
 use super::megakernel::Megakernel;
-use super::probe::DeviceInfo;
 use super::programs::{CudaPrograms, KernelSource};
 use super::shared::DeviceContext;
+use crate::device::Device;
 use crate::engine::{Engine, ProgramEngine, TargetProgram};
 
 pub use super::kernel::KernelImage;
@@ -69,7 +70,7 @@ pub type CudaEngine = ProgramEngine<CudaPrograms<TargetProgram>>;
 /// What [`CudaEngine::bench_decode`] measured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecodeTiming {
-    /// Each timed step's kernel time (CUDA events around each launch), ms.
+    /// Each timed step's kernel time (device time marks around each launch), ms.
     pub step_ms: Vec<f64>,
     /// The whole timed run over its steps, ms: kernel time plus the gaps between launches (the
     /// next token is fed back on the device, so the host is not in the loop).
@@ -79,11 +80,12 @@ pub struct DecodeTiming {
 }
 
 impl CudaEngine {
-    /// Uploads `program` (a decode graph of `spec`) with `weights` to `device`. The programs it
+    /// Uploads `program` (a decode graph of `spec`) with `weights` to `device` (a GPU or the
+    /// emulator). The programs it
     /// compiles later (verify blocks) are scheduled for the same machine, their kernels made from
     /// `image` with its generated header swapped.
     pub fn new(
-        device: &DeviceInfo,
+        device: &Arc<dyn Device>,
         spec: ModelSpec,
         program: Program,
         weights: &WeightStore,
@@ -99,7 +101,7 @@ impl CudaEngine {
     /// [`CudaEngine::new`] on a context that holds the weights already (shared with a
     /// drafter's programs), programs compiled later with `options` and kernels from `source`.
     pub fn on(
-        shared: std::sync::Arc<DeviceContext>,
+        shared: Arc<DeviceContext>,
         spec: ModelSpec,
         program: Program,
         image: &KernelImage,
@@ -135,14 +137,14 @@ impl CudaEngine {
         self.programs_mut().insert(which, program, image)
     }
 
-    /// The context, stream and weights the programs run on (a drafter's programs join them).
-    pub fn shared(&self) -> &std::sync::Arc<DeviceContext> {
+    /// The device and weights the programs run on (a drafter's programs join them).
+    pub fn shared(&self) -> &Arc<DeviceContext> {
         self.programs().shared()
     }
 
     /// An artifact's decode program and kernel, with `weights` of the model it was compiled for.
     pub fn from_artifact(
-        device: &DeviceInfo,
+        device: &Arc<dyn Device>,
         art: &Artifact,
         weights: &WeightStore,
         opts: LaunchOptions,
@@ -216,22 +218,27 @@ impl CudaEngine {
             k.copy_within_arena(next, tok, 1)?;
         }
         k.synchronize()?;
-        let events: Vec<_> = (0..2 * steps.max(1))
-            .map(|_| k.timing_event())
-            .collect::<Result<_>>()?;
-        for i in 0..steps {
-            k.record(&events[2 * i])?;
+        // Marks made and dropped here leave the device's timing events ready for reuse, so the
+        // timed loop below creates none between its launches.
+        drop(
+            (0..2 * steps)
+                .map(|_| k.time_mark())
+                .collect::<Result<Vec<_>>>()?,
+        );
+        let mut marks = Vec::with_capacity(2 * steps);
+        for _ in 0..steps {
+            marks.push(k.time_mark()?);
             k.launch_step()?;
-            k.record(&events[2 * i + 1])?;
+            marks.push(k.time_mark()?);
             k.copy_within_arena(next, tok, 1)?;
         }
         k.synchronize()?;
         let mut step_ms = Vec::with_capacity(steps);
         for i in 0..steps {
-            step_ms.push(Megakernel::elapsed_ms(&events[2 * i], &events[2 * i + 1])?);
+            step_ms.push(k.elapsed_ms(&marks[2 * i], &marks[2 * i + 1])?);
         }
         let stream_ms_per_step = if steps > 0 {
-            Megakernel::elapsed_ms(&events[0], &events[2 * steps - 1])? / steps as f64
+            k.elapsed_ms(&marks[0], &marks[2 * steps - 1])? / steps as f64
         } else {
             0.0
         };

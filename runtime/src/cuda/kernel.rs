@@ -1,23 +1,21 @@
 //! The kernel binary a program runs: [`KernelImage`] (an artifact's `kernel.cu` and CUBIN, or a
-//! source generated in memory), loading it into a context, and the on-disk cache of NVRTC's
-//! CUBINs keyed by source hash.
+//! source generated in memory), which CUBIN a GPU loads (the artifact's, the on-disk cache of
+//! NVRTC's CUBINs keyed by source hash, or a fresh NVRTC compile), and the launch shape its
+//! generated header asks for.
 //!
-//! One place decides where a kernel comes from (a matching CUBIN, the cache, or NVRTC) and what
-//! launch shape its generated header asks for (`MIMO_THREADS`, `MIMO_SMEM_BYTES`,
-//! `MIMO_TOKENS`), so the launch code only ever sees a loaded function and checked numbers.
+//! One place decides where a kernel comes from and what launch shape it has (`MIMO_THREADS`,
+//! `MIMO_SMEM_BYTES`, `MIMO_TOKENS`), so the launch code only ever sees a loaded kernel and
+//! checked numbers. Nothing here touches a driver: [`KernelImage::load_with`] hands each
+//! candidate CUBIN to the device's own loader ([`super::driver::CudaDevice`]).
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
-use cudarc::driver::{CudaContext, CudaFunction};
-use cudarc::nvrtc::Ptx;
 use mimo_compiler::Program;
 use mimo_compiler::abi;
 use mimo_compiler::{artifact, nvrtc};
 
 use super::arena::ports;
-use super::call;
 use super::probe::{DeviceInfo, cubin_runs_on};
 
 /// The kernel's entry point (`templates/megakernel.cu`).
@@ -74,19 +72,20 @@ impl KernelImage {
         })
     }
 
-    /// Loads the kernel into `ctx`: the CUBIN when it was built for this device (and the driver
-    /// accepts it), else `kernel.cu` compiled by NVRTC for the device. Returns the function and
-    /// a note saying which.
-    pub(super) fn load(
+    /// Loads the kernel on `device` with `load` (which takes a CUBIN): the artifact's CUBIN when
+    /// it was built for this device (and `load` accepts it), else `kernel.cu` compiled by NVRTC
+    /// for the device (from the on-disk cache when it holds it). Returns what `load` made and a
+    /// note saying which CUBIN it was.
+    pub fn load_with<T>(
         &self,
-        ctx: &Arc<CudaContext>,
         device: &DeviceInfo,
-    ) -> Result<(CudaFunction, String)> {
+        load: impl Fn(Vec<u8>) -> Result<T>,
+    ) -> Result<(T, String)> {
         let arch = device.arch();
         let mut why = String::new();
         if let Some((built_for, bytes)) = &self.cubin {
             if cubin_runs_on(built_for, device.compute_capability) {
-                match load_function(ctx, bytes.clone()) {
+                match load(bytes.clone()) {
                     Ok(f) => return Ok((f, format!("CUBIN for {built_for}"))),
                     Err(e) => why = format!(" (the {built_for} CUBIN did not load: {e})"),
                 }
@@ -102,7 +101,7 @@ impl KernelImage {
         if let Some(path) = &cached
             && let Ok(bytes) = std::fs::read(path)
         {
-            match load_function(ctx, bytes) {
+            match load(bytes) {
                 Ok(f) => return Ok((f, format!("kernel.cu for {arch} from {}", path.display()))),
                 Err(e) => {
                     tracing::warn!("{}: unusable ({e:#}); recompiling", path.display());
@@ -116,7 +115,7 @@ impl KernelImage {
         if let Some(path) = &cached {
             store_in_cache(path, &compiled.cubin);
         }
-        let f = load_function(ctx, compiled.cubin)
+        let f = load(compiled.cubin)
             .with_context(|| format!("loading the kernel NVRTC compiled for {arch}"))?;
         Ok((
             f,
@@ -158,15 +157,6 @@ fn store_in_cache(path: &std::path::Path, cubin: &[u8]) {
         let _ = std::fs::remove_file(&tmp);
         tracing::debug!("kernel cache {}: {e}", path.display());
     }
-}
-
-fn load_function(ctx: &Arc<CudaContext>, cubin: Vec<u8>) -> Result<CudaFunction> {
-    let module = call("loading the kernel module (cuModuleLoadData)", || {
-        ctx.load_module(Ptx::from_binary(cubin))
-    })?;
-    call(&format!("finding `{KERNEL_NAME}` in the module"), || {
-        module.load_function(KERNEL_NAME)
-    })
 }
 
 /// Checks that `program` can run on `device` with `image` (before anything is uploaded):

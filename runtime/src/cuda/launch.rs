@@ -10,10 +10,10 @@
 //! the function's limit, one `KernelParams` by value. Both constants are read from the kernel
 //! source itself, the ground truth for the binary that is loaded.
 //!
-//! **Steps.** Inputs go into the arena at the memory plan's places, the kernel runs, outputs and
-//! the diagnostics block come back through pinned host memory, and one event marks the end of
-//! the step. The host polls that event against its own deadline: a fault surfaces as the event's
-//! error, and even a kernel that never returned becomes an error instead of a hang.
+//! **Steps.** Inputs go into the arena at the memory plan's places, the kernel runs, the host
+//! waits for it against its own deadline ([`crate::device::Device::synchronize`]: a fault surfaces
+//! as the wait's error, and even a kernel that never returned becomes an error instead of a
+//! hang), and only then are the diagnostics block and the outputs read back.
 //!
 //! **Events and the step counter.** Event counters are monotonic (a task waits for
 //! `per_step * (step + 1)`), and at every step boundary each counter is exactly
@@ -35,11 +35,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
 use mimo_ir::{Tensor, TensorData};
 
 use super::arena::Port;
-use super::call;
+use crate::device::{DeviceBuffer, DeviceFailure, LaunchShape, MemClass};
 
 pub use super::abi_layout::{Diagnostics, KernelParams};
 pub use super::kernel::{KERNEL_NAME, KernelImage, kernel_launch_shape};
@@ -140,18 +139,12 @@ impl Megakernel {
         } else {
             self.launch_step()?;
         }
-        for p in &wanted {
-            if let Err(e) = self.enqueue_read(&p.name, p.loc) {
-                // Most likely the launch's own asynchronous error: let the wait name it.
-                self.synchronize()?;
-                return Err(e);
-            }
-        }
+        // Outputs are read only after the deadline-bounded wait, so a hung kernel is an error.
         self.synchronize()?;
         wanted
             .iter()
             .map(|p| {
-                let words = self.host_words(&p.name)?;
+                let words = self.read_back(&p.name, p.loc)?;
                 let data = if p.ty.dtype.is_int() {
                     TensorData::I32(words.iter().map(|&w| w as i32).collect())
                 } else {
@@ -170,68 +163,61 @@ impl Megakernel {
 
     /// The kernel parameters of step `step` with queue table `queue_start`.
     fn params(&self, queue_start: u64) -> KernelParams {
-        let s = &self.stream;
         KernelParams {
-            tasks: self.d_tasks.device_ptr(s).0,
+            tasks: self.d_tasks.ptr(),
             queue_start,
-            waits: self.d_waits.device_ptr(s).0,
-            triggers: self.d_triggers.device_ptr(s).0,
-            ops: self.d_ops.device_ptr(s).0,
-            weights: self.weight_table.device_ptr(s).0,
-            arena: self.arena.device_ptr(s).0,
+            waits: self.d_waits.ptr(),
+            triggers: self.d_triggers.ptr(),
+            ops: self.d_ops.ptr(),
+            weights: self.weight_table.ptr(),
+            arena: self.arena.ptr(),
             state: self.kv.ptr(),
-            events: self.events.device_ptr(s).0,
-            diag: self.diag.device_ptr(s).0,
+            events: self.events.ptr(),
+            diag: self.diag.ptr(),
             wait_limit_ns: self.opts.wait_limit.as_nanos().min(u64::MAX as u128) as u64,
             step: self.step,
             workers: self.workers,
         }
     }
 
-    /// Enqueues one launch with queue table `queue_start` (does not advance the step).
-    fn launch(&self, queue_start: u64) -> Result<()> {
+    /// Enqueues one launch with queue table `queue_start` (does not advance the step); a
+    /// failure the device reports at launch (an emulator check) becomes an error like a wait's.
+    fn launch(&mut self, queue_start: u64, serial_task: Option<usize>) -> Result<()> {
         let params = self.params(queue_start);
-        let cfg = LaunchConfig {
-            grid_dim: (self.workers, 1, 1),
-            block_dim: (self.threads, 1, 1),
-            shared_mem_bytes: self.smem,
+        let shape = LaunchShape {
+            blocks: self.workers,
+            threads: self.threads,
+            dynamic_smem: self.smem,
+            cooperative: self.cooperative,
         };
-        let what = format!(
-            "launching the megakernel ({} blocks of {} threads, {} bytes of shared memory{})",
-            self.workers,
-            self.threads,
-            self.smem,
-            if self.cooperative {
-                ", cooperative"
-            } else {
-                ""
-            }
-        );
-        let mut builder = self.stream.launch_builder(&self.function);
-        builder.arg(&params);
-        call(&what, || {
-            // SAFETY: the kernel's only parameter is one KernelParams by value; every pointer
-            // in it is a live allocation owned by `self` and sized by the program's tables and
-            // memory plan, which the kernel indexes only as abi.cuh documents; the grid fits
-            // co-resident and the dynamic shared memory limit was raised to `smem` (both in
-            // `Megakernel::on`, megakernel.rs).
-            unsafe {
+        // The contract `Device::launch` asks of its caller: every pointer in `params` is a live
+        // allocation owned by `self` (or its shared context) and sized by the program's tables
+        // and memory plan, which the kernel indexes only as abi.cuh documents; the grid fits
+        // co-resident and the dynamic shared memory limit was raised to `smem` (both in
+        // `Megakernel::on`, megakernel.rs).
+        match self.dev.launch(&self.kernel, shape, &params.to_bytes()) {
+            Ok(()) => Ok(()),
+            Err(DeviceFailure::Other(e)) => bail!(
+                "launching the megakernel ({} blocks of {} threads, {} bytes of shared memory{}) failed: {e}",
+                self.workers,
+                self.threads,
+                self.smem,
                 if self.cooperative {
-                    builder.launch_cooperative(cfg)
+                    ", cooperative"
                 } else {
-                    builder.launch(cfg)
+                    ""
                 }
-            }
-            .map(|_| ())
-        })
+            ),
+            Err(failure) => Err(self.failed(failure, self.step, serial_task)),
+        }
     }
 
     /// Enqueues one whole step (one launch) and advances the step counter.
     pub fn launch_step(&mut self) -> Result<()> {
         self.check_usable()?;
         self.guard_overflow()?;
-        let q = self.d_queue_start.device_ptr(&self.stream).0;
-        self.launch(q)?;
+        let q = self.d_queue_start.ptr();
+        self.launch(q, None)?;
         self.step += 1;
         Ok(())
     }
@@ -267,19 +253,16 @@ impl Megakernel {
                     .unwrap_or(0);
                 words.extend((0..w).map(|j| if j <= worker { k } else { k + 1 }));
             }
-            words.push(0);
-            self.serial_queues = Some(call("uploading the serial queue tables", || {
-                self.stream.clone_htod(&words[..])
-            })?);
+            self.serial_queues = Some(DeviceBuffer::from_words(
+                &self.dev,
+                &words,
+                MemClass::Tables,
+                "serial queue tables",
+            )?);
         }
-        let base = self
-            .serial_queues
-            .as_ref()
-            .expect("built above")
-            .device_ptr(&self.stream)
-            .0;
+        let base = self.serial_queues.as_ref().map_or(0, DeviceBuffer::ptr);
         for (i, &id) in self.program.schedule.order.clone().iter().enumerate() {
-            self.launch(base + (4 * i * w) as u64)?;
+            self.launch(base + (4 * i * w) as u64, Some(id))?;
             self.wait_step(self.step, Some(id))?;
         }
         self.step += 1;

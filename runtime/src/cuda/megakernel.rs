@@ -8,33 +8,27 @@
 //! (waiting and errors), [`super::timing`] (benchmarks). Its fields are therefore visible to
 //! `cuda` (`pub(super)`), not beyond.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
-use cudarc::driver::sys::CUfunction_attribute;
-use cudarc::driver::{
-    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, PinnedHostSlice,
-};
 use mimo_compiler::Program;
 use mimo_compiler::abi::{self, AbiTables};
 use mimo_ir::weights::WeightStore;
 
 use super::abi_layout::{DIAG_WORDS, op_words, task_words};
 use super::arena::{Port, ports};
-use super::call;
-use super::kernel::{KernelImage, check_launchable};
+use super::kernel::{KERNEL_NAME, KernelImage, check_launchable};
 use super::launch::LaunchOptions;
 use super::probe::DeviceInfo;
 use super::shared::{DeviceContext, DeviceKv};
+use crate::device::{Device, DeviceBuffer, LoadedKernel, MemClass};
 
 /// The persistent megakernel of one program, ready to run steps.
 pub struct Megakernel {
-    pub(super) device: DeviceInfo,
+    pub(super) dev: Arc<dyn Device>,
     pub(super) program: Program,
     pub(super) tables: AbiTables,
     pub(super) opts: LaunchOptions,
-    kernel_note: String,
     pub(super) threads: u32,
     pub(super) smem: u32,
     pub(super) workers: u32,
@@ -45,40 +39,35 @@ pub struct Megakernel {
     pub(super) outputs: Vec<Port>,
     /// Steps since the event counters were zeroed.
     pub(super) step: u32,
-    /// Set when the CUDA context is lost (a fault or a hang): every later call fails with it.
+    /// Set when the device state is lost or unknown (a fault, a hang, a failed emulator check):
+    /// every later call fails with it.
     pub(super) poisoned: Option<String>,
 
-    // Declared before the context they live in, so they are dropped first.
-    pub(super) done: CudaEvent,
-    pub(super) host_diag: PinnedHostSlice<u32>,
-    pub(super) host_out: HashMap<String, PinnedHostSlice<u32>>,
-    pub(super) scratch: Option<CudaSlice<u32>>,
-    pub(super) serial_queues: Option<CudaSlice<u32>>,
-    pub(super) d_tasks: CudaSlice<u32>,
-    pub(super) d_queue_start: CudaSlice<u32>,
-    pub(super) d_waits: CudaSlice<u32>,
-    pub(super) d_triggers: CudaSlice<u32>,
-    pub(super) d_ops: CudaSlice<u32>,
+    pub(super) kernel: LoadedKernel,
+    pub(super) scratch: Option<DeviceBuffer>,
+    pub(super) serial_queues: Option<DeviceBuffer>,
+    pub(super) d_tasks: DeviceBuffer,
+    pub(super) d_queue_start: DeviceBuffer,
+    pub(super) d_waits: DeviceBuffer,
+    pub(super) d_triggers: DeviceBuffer,
+    pub(super) d_ops: DeviceBuffer,
     /// This program's `WeightRef` table, into the shared pool.
-    pub(super) weight_table: CudaSlice<u32>,
-    pub(super) arena: CudaSlice<u32>,
-    pub(super) events: CudaSlice<u32>,
-    pub(super) diag: CudaSlice<u32>,
-    pub(super) function: CudaFunction,
+    pub(super) weight_table: DeviceBuffer,
+    pub(super) arena: DeviceBuffer,
+    pub(super) events: DeviceBuffer,
+    pub(super) diag: DeviceBuffer,
     /// The model's KV cache, shared with its other programs.
     pub(super) kv: Arc<DeviceKv>,
-    pub(super) stream: Arc<CudaStream>,
-    pub(super) ctx: Arc<CudaContext>,
     pub(super) shared: Arc<DeviceContext>,
 }
 
 impl Megakernel {
-    /// Puts `program` with `weights` on `device` and loads its kernel, in a context of its own
-    /// (one program alone; [`Megakernel::on`] adds a program to a shared one). Refuses a program
-    /// with more workers than the device has SMs, or a kernel that cannot keep every worker
-    /// resident.
+    /// Puts `program` with `weights` on `device` and loads its kernel, with a weight upload of
+    /// its own (one program alone; [`Megakernel::on`] adds a program to a shared one). Refuses a
+    /// program with more workers than the device has SMs, or a kernel that cannot keep every
+    /// worker resident.
     pub fn new(
-        device: &DeviceInfo,
+        device: &Arc<dyn Device>,
         program: Program,
         weights: &WeightStore,
         image: &KernelImage,
@@ -86,14 +75,14 @@ impl Megakernel {
     ) -> Result<Self> {
         let tables = abi::encode(&program).context("encoding the task tables")?;
         // The cheap checks first, before anything is uploaded.
-        check_launchable(device, &program, image)?;
+        check_launchable(device.info(), &program, image)?;
         let shared = DeviceContext::new(device, weights, Some(&tables.weights))?;
         let kv = DeviceKv::for_program(&shared, &program, "model")?;
         Self::on(&shared, &kv, program, image, opts)
     }
 
-    /// Adds `program` to `shared` (its context, stream and weights) reading and writing the KV
-    /// cache `kv` (refused unless the program lays its state out exactly as `kv` is).
+    /// Adds `program` to `shared` (its device and weights) reading and writing the KV cache `kv`
+    /// (refused unless the program lays its state out exactly as `kv` is).
     pub fn on(
         shared: &Arc<DeviceContext>,
         kv: &Arc<DeviceKv>,
@@ -101,7 +90,8 @@ impl Megakernel {
         image: &KernelImage,
         opts: LaunchOptions,
     ) -> Result<Self> {
-        let device = &shared.device;
+        let dev = shared.device().clone();
+        let device = dev.info();
         let tables = abi::encode(&program).context("encoding the task tables")?;
         let workers = program.schedule.queues.len();
         let (threads, smem) = check_launchable(device, &program, image)?;
@@ -109,45 +99,31 @@ impl Megakernel {
         let inputs = ports(&program, true)?;
         let outputs = ports(&program, false)?;
         let need_smem = smem as usize;
-        let (ctx, stream) = (shared.ctx.clone(), shared.stream.clone());
-        call("binding the CUDA context", || ctx.bind_to_thread())?;
-        let (function, kernel_note) = image.load(&ctx, device)?;
-        let static_smem = call("reading the kernel's shared memory", || {
-            function.shared_size_bytes()
-        })?
-        .max(0) as usize;
+        let kernel = dev.load_kernel(image, KERNEL_NAME)?;
+        let static_smem = kernel.static_smem;
         if need_smem + static_smem > device.max_shared_per_block {
             bail!(
                 "the kernel needs {} bytes of shared memory per block ({need_smem} dynamic + {static_smem} static); {} allows {}",
                 need_smem + static_smem,
-                device.describe(),
+                dev.describe(),
                 device.max_shared_per_block
             );
         }
-        call("raising the kernel's dynamic shared memory limit", || {
-            function.set_attribute(
-                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem as i32,
-            )
-        })?;
-        let per_sm = call("computing the kernel's occupancy", || {
-            function.occupancy_max_active_blocks_per_multiprocessor(threads, need_smem, None)
-        })? as usize;
+        dev.allow_dynamic_smem(&kernel, smem)?;
+        let per_sm = dev.resident_blocks_per_sm(&kernel, threads, smem)?;
         if per_sm * device.sm_count < workers {
-            let regs = function.num_regs().unwrap_or(-1);
             bail!(
-                "only {} blocks of the kernel ({threads} threads, {regs} registers each, {need_smem} bytes of shared memory) \
+                "only {} blocks of the kernel ({threads} threads, {} registers each, {need_smem} bytes of shared memory) \
                  fit on {} at once, fewer than the program's {workers} workers: they could not all be resident",
                 per_sm * device.sm_count,
-                device.describe()
+                kernel.registers,
+                dev.describe()
             );
         }
 
-        let upload = |what: &str, mut words: Vec<u32>| -> Result<CudaSlice<u32>> {
-            words.push(0); // never an empty allocation
-            call(&format!("uploading the {what}"), || {
-                stream.clone_htod(&words[..])
-            })
+        let upload = |what: &str, words: Vec<u32>| {
+            DeviceBuffer::from_words(&dev, &words, MemClass::Tables, what)
+                .with_context(|| format!("uploading the {what}"))
         };
         let d_tasks = upload(
             "task table",
@@ -168,43 +144,42 @@ impl Megakernel {
             tables.ops.iter().flat_map(op_words).collect(),
         )?;
 
-        let (free, _) = call("reading the free device memory", || ctx.mem_get_info())?;
+        let free = dev.free_memory()?;
         let needed = program.memory.arena_len * 4 + program.events.len() * 4;
         if needed > free {
             bail!(
                 "`{}` needs {:.2} GB of device memory for its activations; {} has {:.2} GB free",
                 program.graph.name,
                 needed as f64 / 1e9,
-                device.describe(),
+                dev.describe(),
                 free as f64 / 1e9
             );
         }
-        let weight_table = shared.weights.table_for(&stream, &tables.weights)?;
-        let zeros32 = |what: &str, n: usize| {
-            call(&format!("allocating the {what}"), || {
-                stream.alloc_zeros::<u32>(n.max(1))
-            })
-        };
-        let arena = zeros32("arena", program.memory.arena_len)?;
-        let events = zeros32("event counters", program.events.len())?;
-        let diag = zeros32("diagnostics block", DIAG_WORDS)?;
-        // SAFETY: plain page-locked memory (no write-combining: the host reads it), fully
-        // written by a device copy before every read.
-        let host_diag = call("allocating pinned host memory", || unsafe {
-            ctx.alloc_pinned_with_flags::<u32>(DIAG_WORDS, 0)
-        })?;
-        let done = call("creating a CUDA event", || ctx.new_event(None))?;
-        call("uploading the model", || stream.synchronize())?;
+        let weight_table = shared.weights.table_for(&dev, &tables.weights)?;
+        let words = |n: usize| n.max(1) * 4;
+        let arena = DeviceBuffer::zeroed(
+            &dev,
+            words(program.memory.arena_len),
+            MemClass::Activations,
+            "arena",
+        )?;
+        let events = DeviceBuffer::zeroed(
+            &dev,
+            words(program.events.len()),
+            MemClass::Sync,
+            "event counters",
+        )?;
+        let diag = DeviceBuffer::zeroed(&dev, words(DIAG_WORDS), MemClass::Sync, "diagnostics")?;
+        dev.synchronize(opts.host_timeout)
+            .map_err(|e| anyhow!("uploading the model: {e}"))?;
 
         let max_per_step = tables.waits.iter().map(|w| w.per_step).max().unwrap_or(1);
         Ok(Megakernel {
-            device: device.clone(),
             cooperative: opts.cooperative && device.cooperative_launch,
             workers: workers as u32,
             program,
             tables,
             opts,
-            kernel_note,
             threads,
             smem,
             max_per_step: max_per_step.max(1),
@@ -212,9 +187,7 @@ impl Megakernel {
             outputs,
             step: 0,
             poisoned: None,
-            done,
-            host_diag,
-            host_out: HashMap::new(),
+            kernel,
             scratch: None,
             serial_queues: None,
             d_tasks,
@@ -227,29 +200,27 @@ impl Megakernel {
             events,
             diag,
             kv: kv.clone(),
-            function,
-            stream,
-            ctx,
+            dev,
             shared: shared.clone(),
         })
     }
 
-    /// The context, stream and weights this program runs on.
+    /// The device and weights this program runs on.
     pub fn shared(&self) -> &Arc<DeviceContext> {
         &self.shared
     }
 
     pub fn device(&self) -> &DeviceInfo {
-        &self.device
+        self.dev.info()
     }
 
     pub fn program(&self) -> &Program {
         &self.program
     }
 
-    /// How the kernel was obtained (the artifact's CUBIN, or NVRTC).
+    /// How the kernel was obtained (the artifact's CUBIN, NVRTC, the emulator's build).
     pub fn kernel_note(&self) -> &str {
-        &self.kernel_note
+        &self.kernel.note
     }
 
     pub fn workers(&self) -> usize {
@@ -270,7 +241,7 @@ impl Megakernel {
     pub fn reset(&mut self) -> Result<()> {
         self.check_usable()?;
         self.zero_counters()?;
-        self.kv.zero(&self.stream)?;
+        self.kv.zero()?;
         Ok(())
     }
 
@@ -282,12 +253,8 @@ impl Megakernel {
     }
 
     pub(super) fn zero_counters(&mut self) -> Result<()> {
-        call("zeroing the event counters", || {
-            self.stream.memset_zeros(&mut self.events)
-        })?;
-        call("zeroing the diagnostics", || {
-            self.stream.memset_zeros(&mut self.diag)
-        })?;
+        self.events.zero().context("zeroing the event counters")?;
+        self.diag.zero().context("zeroing the diagnostics")?;
         self.step = 0;
         Ok(())
     }
@@ -295,7 +262,7 @@ impl Megakernel {
     pub(super) fn check_usable(&self) -> Result<()> {
         match &self.poisoned {
             Some(why) => Err(anyhow!(
-                "the CUDA engine is unusable after an earlier failure: {why}"
+                "the megakernel engine is unusable after an earlier failure: {why}"
             )),
             None => Ok(()),
         }

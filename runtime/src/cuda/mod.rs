@@ -1,11 +1,18 @@
-//! The megakernel on an NVIDIA GPU, through `cudarc` (driver API and NVRTC, both loaded at run
-//! time, so this builds and runs, on the CPU, where no CUDA is installed).
+//! The megakernel engine, written once over the device boundary ([`crate::device::Device`]):
+//! a real NVIDIA GPU through `cudarc` (driver API and NVRTC, both loaded at run time, so this
+//! builds and runs, on the CPU, where no CUDA is installed), or the device emulator
+//! ([`crate::emu`]).
 //!
+//! - [`driver`]: [`CudaDevice`], the device boundary over cudarc: the only module (with
+//!   [`probe`](mod@probe) and the error helpers here) that touches a cudarc type;
 //! - [`probe`](mod@probe): is a driver and a GPU usable; the device's name, SMs, memory, architecture;
 //! - [`upload`]: weights to the device exactly as stored ([`mimo_ir::weights::WeightData`]), in
 //!   the layout `templates/common/weights.cuh` reads through `WeightRef`;
 //! - [`kernel`]: [`KernelImage`], the kernel binary (an artifact's CUBIN, or NVRTC through an
 //!   on-disk cache) and the launch shape its header asks for;
+//! - [`shared`]: [`DeviceContext`] (the device and the weights every program of a generation
+//!   shares) and [`DeviceKv`] (a model's KV cache);
+//! - [`programs`]: [`CudaPrograms`], a model's programs by shape, compiled on first use;
 //! - [`megakernel`]: [`Megakernel`], one compiled program on the device: its tables, arena, KV
 //!   state and event counters, set up and checked before anything is uploaded;
 //! - [`launch`]: one step of it, one kernel launch per step (or per task in serial mode), and
@@ -14,19 +21,21 @@
 //! - [`diagnose`]: waiting for a step against a deadline, faults, hangs and aborted waits turned
 //!   into errors that name the task;
 //! - [`abi_layout`]: abi.cuh's structs and tables as the host writes and reads them;
-//! - [`timing`]: CUDA events and copy bandwidth, for benchmarks;
+//! - [`timing`]: device time marks and copy bandwidth, for benchmarks;
 //! - [`engine`]: [`CudaEngine`], the [`crate::engine::Engine`] over a decode program, and
 //!   [`compile_in_memory`], a model compiled without an artifact directory.
 //!
 //! **Never a panic, never a hang.** cudarc panics when a library or symbol is missing, so every
-//! first call into it goes through [`guarded`] and [`probe::probe`] checks for the driver before
-//! anything else. The kernel bounds every wait (`templates/common/sync.cuh`); the host polls each
-//! step's completion against its own deadline too, so even a kernel that never returns becomes an
-//! error rather than a hung process.
+//! call into it goes through [`guarded`] (or [`call`]) and [`probe::probe`] checks for the driver
+//! before anything else. The kernel bounds every wait (`templates/common/sync.cuh`); the host
+//! waits for each step with [`crate::device::Device::synchronize`] against its own deadline too,
+//! and reads results back only after it, so even a kernel that never returns becomes an error
+//! rather than a hung process.
 
 pub mod abi_layout;
 pub mod arena;
 pub mod diagnose;
+pub mod driver;
 pub mod engine;
 pub mod kernel;
 pub mod launch;
@@ -42,6 +51,7 @@ use std::panic::{self, AssertUnwindSafe};
 use anyhow::{Result, anyhow};
 use cudarc::driver::DriverError;
 
+pub use driver::CudaDevice;
 pub use engine::{CudaEngine, DecodeTiming, KernelImage, compile_graph, compile_in_memory};
 pub use launch::LaunchOptions;
 pub use megakernel::Megakernel;

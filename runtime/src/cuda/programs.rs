@@ -1,5 +1,5 @@
-//! The programs of one model on the GPU by shape, every one a [`Megakernel`] on one shared
-//! context, weight pool and KV cache (see [`super::shared`]): the CUDA counterpart of
+//! The programs of one model on the device by shape, every one a [`Megakernel`] on one shared
+//! device, weight pool and KV cache (see [`super::shared`]): the CUDA counterpart of
 //! [`crate::exec::Programs`].
 //!
 //! Programs have fixed shapes and a kernel is generated for its token count (`MIMO_TOKENS`), so a
@@ -166,7 +166,7 @@ impl<K: Eq + Hash + Clone + Debug> CudaPrograms<K> {
             k.reset_counters()?;
         }
         if let Some(kv) = &self.kv {
-            kv.zero(&self.shared.stream)?;
+            kv.zero()?;
         }
         Ok(())
     }

@@ -4,42 +4,38 @@
 //! program per block length) and a DFlash draft one program per number of context rows. Each
 //! program has its own task tables, arena and event counters ([`super::Megakernel`]), but:
 //!
-//! - all of them run in one CUDA context on one stream ([`DeviceContext`]), so stream order alone
-//!   orders a verify step's cache writes before the next draft step, and an arena value of one
-//!   program can be copied into another's without the host;
+//! - all of them run on one device ([`DeviceContext`], whose work is ordered as on one stream),
+//!   so stream order alone orders a verify step's cache writes before the next draft step, and an
+//!   arena value of one program can be copied into another's without the host;
 //! - the weights are uploaded once, target's and draft's together, into one pool; each program
 //!   gets only its own `WeightRef` table pointing into it ([`super::upload::table_words`]);
 //! - each model's KV cache is one device buffer ([`DeviceKv`]) shared by all of that model's
 //!   programs (target and draft have one each), exactly as [`crate::exec::SharedState`] does on
 //!   the CPU; a program joins only when its memory plan lays the cache out identically.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use anyhow::{Result, bail};
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
+use anyhow::{Context, Result, bail};
 use mimo_compiler::Program;
 use mimo_compiler::plan::Location;
 use mimo_ir::weights::WeightStore;
 
 use super::probe::DeviceInfo;
 use super::upload::{DeviceWeights, plan_layout};
-use super::{call, guarded};
+use crate::device::{Device, DeviceBuffer, MemClass};
 use crate::exec::state_layout;
 
-/// One CUDA context and stream with a model's weights on the device.
+/// A device with a model's weights on it.
 pub struct DeviceContext {
-    pub(super) device: DeviceInfo,
-    // Declared before the context they live in, so they are dropped first.
     pub(super) weights: DeviceWeights,
-    pub(super) stream: Arc<CudaStream>,
-    pub(super) ctx: Arc<CudaContext>,
+    pub(super) device: Arc<dyn Device>,
 }
 
 impl DeviceContext {
-    /// A context on `device` with the weights `names` of `store` uploaded (every weight of the
-    /// store when `None`: a target and its draft in one store, for all their programs).
+    /// `device` with the weights `names` of `store` uploaded (every weight of the store when
+    /// `None`: a target and its draft in one store, for all their programs).
     pub fn new(
-        device: &DeviceInfo,
+        device: &Arc<dyn Device>,
         store: &WeightStore,
         names: Option<&[String]>,
     ) -> Result<Arc<Self>> {
@@ -52,17 +48,7 @@ impl DeviceContext {
             }
         };
         let layout = plan_layout(names, store)?;
-        let ctx = call("creating a CUDA context", || {
-            CudaContext::new(device.ordinal)
-        })?;
-        // SAFETY: no slice or stream exists yet on this context object. Event tracking orders
-        // work across streams; everything here runs on one stream, which orders it already, and
-        // tracking would add two events per buffer per launch.
-        guarded("configuring the CUDA context", || unsafe {
-            ctx.disable_event_tracking()
-        })?;
-        let stream = call("creating a CUDA stream", || ctx.new_stream())?;
-        let (free, _) = call("reading the free device memory", || ctx.mem_get_info())?;
+        let free = device.free_memory()?;
         if layout.bytes > free {
             bail!(
                 "the weights need {:.2} GB of device memory; {} has {:.2} GB free",
@@ -71,17 +57,21 @@ impl DeviceContext {
                 free as f64 / 1e9
             );
         }
-        let weights = DeviceWeights::upload(&stream, layout, store)?;
+        let weights = DeviceWeights::upload(device, layout, store)?;
         Ok(Arc::new(DeviceContext {
-            device: device.clone(),
             weights,
-            stream,
-            ctx,
+            device: device.clone(),
         }))
     }
 
-    pub fn device(&self) -> &DeviceInfo {
+    /// The device the programs run on.
+    pub fn device(&self) -> &Arc<dyn Device> {
         &self.device
+    }
+
+    /// What the device is.
+    pub fn info(&self) -> &DeviceInfo {
+        self.device.info()
     }
 
     /// Bytes of device memory the weights take.
@@ -97,25 +87,25 @@ pub struct DeviceKv {
     layout: Vec<(String, Location)>,
     /// Elements (bf16) of the buffer.
     len: usize,
-    /// Zeroed between sequences; programs read and write it through `ptr`.
-    slice: Mutex<CudaSlice<u16>>,
-    ptr: u64,
+    /// Zeroed between sequences; programs read and write it through its address.
+    buffer: DeviceBuffer,
 }
 
 impl DeviceKv {
     /// A zeroed cache laid out as `program` places its state.
     pub fn for_program(dc: &DeviceContext, program: &Program, name: &str) -> Result<Arc<Self>> {
         let len = program.memory.state_len;
-        let slice = call(&format!("allocating the {name} KV cache"), || {
-            dc.stream.alloc_zeros::<u16>(len.max(1))
-        })?;
-        let ptr = slice.device_ptr(&dc.stream).0;
+        let buffer = DeviceBuffer::zeroed(
+            &dc.device,
+            len.max(1) * 2,
+            MemClass::Kv,
+            &format!("{name} KV cache"),
+        )?;
         Ok(Arc::new(DeviceKv {
             name: name.to_string(),
             layout: state_layout(program),
             len,
-            slice: Mutex::new(slice),
-            ptr,
+            buffer,
         }))
     }
 
@@ -137,18 +127,14 @@ impl DeviceKv {
 
     /// Device address of the cache.
     pub fn ptr(&self) -> u64 {
-        self.ptr
+        self.buffer.ptr()
     }
 
     /// Zeroes the cache (in stream order): a new sequence.
-    pub fn zero(&self, stream: &Arc<CudaStream>) -> Result<()> {
-        let mut slice = self
-            .slice
-            .lock()
-            .map_err(|_| anyhow::anyhow!("the {} KV cache lock is poisoned", self.name))?;
-        call(&format!("zeroing the {} KV cache", self.name), || {
-            stream.memset_zeros(&mut *slice)
-        })
+    pub fn zero(&self) -> Result<()> {
+        self.buffer
+            .zero()
+            .with_context(|| format!("zeroing the {} KV cache", self.name))
     }
 }
 

@@ -16,12 +16,12 @@
 //! Tensors start 256-byte aligned in one device pool (one allocation, however many weights).
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use mimo_ir::weights::{Weight, WeightData, WeightStore};
 
-use super::call;
+use crate::device::{Device, DeviceBuffer, MemClass};
 
 /// Alignment of every tensor (and scale table) in the pool: a whole DRAM sector group.
 pub const ALIGN: usize = 256;
@@ -160,48 +160,43 @@ pub fn table_words(layout: &WeightLayout, names: &[String], base: u64) -> Result
 /// The weights on the device: the pool and the `WeightRef` table pointing into it.
 pub struct DeviceWeights {
     pub layout: WeightLayout,
-    pool: CudaSlice<u8>,
-    table: CudaSlice<u32>,
+    pool: DeviceBuffer,
+    table: DeviceBuffer,
 }
 
 impl DeviceWeights {
     /// Uploads `layout`'s weights from `store` (one allocation, one copy per tensor).
     pub fn upload(
-        stream: &std::sync::Arc<CudaStream>,
+        device: &Arc<dyn Device>,
         layout: WeightLayout,
         store: &WeightStore,
     ) -> Result<Self> {
-        let mut pool = call(
+        let pool = DeviceBuffer::zeroed(
+            device,
+            layout.bytes.max(ALIGN),
+            MemClass::Weights,
             &format!(
-                "allocating {:.2} GB of device memory for the weights",
+                "weights ({:.2} GB of device memory)",
                 layout.bytes as f64 / 1e9
             ),
-            || stream.alloc_zeros::<u8>(layout.bytes.max(ALIGN)),
         )?;
         for slot in &layout.slots {
             let w = store
                 .get(&slot.name)
                 .with_context(|| format!("weight `{}` vanished", slot.name))?;
             let (data, scales) = stored_bytes(w);
-            let what = format!("copying weight `{}` to the device", slot.name);
-            call(&what, || {
-                stream.memcpy_htod(data, &mut pool.slice_mut(slot.data.clone()))
-            })?;
+            let what = || format!("copying weight `{}` to the device", slot.name);
+            pool.write(slot.data.start, data).with_context(what)?;
             if let (Some(bytes), Some(range)) = (scales, &slot.scales) {
-                call(&what, || {
-                    stream.memcpy_htod(bytes, &mut pool.slice_mut(range.clone()))
-                })?;
+                pool.write(range.start, bytes).with_context(what)?;
             }
         }
-        let base = pool.device_ptr(stream).0;
         let words: Vec<u32> = layout
             .slots
             .iter()
-            .flat_map(|s| weight_ref_words(s, base))
+            .flat_map(|s| weight_ref_words(s, pool.ptr()))
             .collect();
-        let table = call("uploading the weight table", || {
-            stream.clone_htod(&words[..])
-        })?;
+        let table = DeviceBuffer::from_words(device, &words, MemClass::Tables, "weight table")?;
         Ok(DeviceWeights {
             layout,
             pool,
@@ -212,25 +207,19 @@ impl DeviceWeights {
     /// A `WeightRef` table for a program that reads `names` (its weight-table order) from this
     /// pool: every program of a model (decode, verify, draft) points into the one upload, so the
     /// weights are on the device once however many programs run.
-    pub fn table_for(
-        &self,
-        stream: &std::sync::Arc<CudaStream>,
-        names: &[String],
-    ) -> Result<CudaSlice<u32>> {
-        let base = self.pool.device_ptr(stream).0;
-        let mut words = table_words(&self.layout, names, base)?;
-        words.push(0); // never an empty allocation
-        call("uploading a weight table", || stream.clone_htod(&words[..]))
+    pub fn table_for(&self, device: &Arc<dyn Device>, names: &[String]) -> Result<DeviceBuffer> {
+        let words = table_words(&self.layout, names, self.pool.ptr())?;
+        DeviceBuffer::from_words(device, &words, MemClass::Tables, "weight table")
     }
 
     /// Device address of the `WeightRef` table.
-    pub fn table_ptr(&self, stream: &CudaStream) -> u64 {
-        self.table.device_ptr(stream).0
+    pub fn table_ptr(&self) -> u64 {
+        self.table.ptr()
     }
 
     /// Bytes of device memory the weights take.
     pub fn bytes(&self) -> usize {
-        self.pool.len()
+        self.pool.bytes()
     }
 }
 

@@ -1,7 +1,8 @@
-//! DFlash on the GPU: the target's programs on a [`CudaEngine`] (verify blocks accepted by the
-//! program's own `accept` op), the draft's programs on a [`CudaRunner`] behind the same
-//! [`DFlashDrafter`] the CPU paths use, both in one CUDA context over one weight upload (the
-//! draft reads the target's `embed` and `lm_head`), each model with its own device KV cache.
+//! DFlash on the megakernel (a GPU, or the emulator): the target's programs on a [`CudaEngine`]
+//! (verify blocks accepted by the program's own `accept` op), the draft's programs on a
+//! [`CudaRunner`] behind the same [`DFlashDrafter`] the CPU paths use, both on one device over
+//! one weight upload (the draft reads the target's `embed` and `lm_head`), each model with its
+//! own device KV cache.
 //!
 //! The features of the committed rows reach the draft through the host: the verify program's
 //! `features` and the draft program's `context` live in different arenas, each laid out by its
@@ -12,6 +13,7 @@
 //! will use.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use mimo_compiler::{CompileOptions, Program};
@@ -23,6 +25,7 @@ use mimo_ir::weights::WeightStore;
 use super::artifact::SpeculativeArtifact;
 use super::{CompiledRunner, DFlashDrafter, Drafter};
 use crate::cuda::{self, CudaEngine, CudaPrograms, KernelImage, KernelSource, LaunchOptions};
+use crate::device::Device;
 use crate::engine::TargetProgram;
 use crate::session::{Session, artifact_compile_options, artifact_target_programs};
 
@@ -47,7 +50,7 @@ pub(super) fn open_artifact(
     dir: &Path,
     draft: &Path,
     block_size: Option<usize>,
-    info: &cuda::DeviceInfo,
+    device: &Arc<dyn Device>,
     notes: Vec<String>,
 ) -> Result<(Session, DFlashDrafter)> {
     let opened = SpeculativeArtifact::open(dir, draft, block_size)?;
@@ -60,7 +63,7 @@ pub(super) fn open_artifact(
         .clone();
     let image = KernelImage::from_artifact(art)?;
     let source = KernelSource::from_kernel(spec, &decode, &image);
-    let shared = cuda::DeviceContext::new(info, &opened.model.weights, None)?;
+    let shared = cuda::DeviceContext::new(device, &opened.model.weights, None)?;
     let mut engine = CudaEngine::on(
         shared.clone(),
         spec.clone(),
@@ -103,7 +106,7 @@ pub(super) fn open_artifact(
 // Eight plain inputs of one constructor; a builder would only rename them.
 #[allow(clippy::too_many_arguments)]
 pub fn cuda_pair(
-    info: &cuda::DeviceInfo,
+    device: &Arc<dyn Device>,
     target: ModelSpec,
     draft: DraftSpec,
     store: &WeightStore,
@@ -117,7 +120,7 @@ pub fn cuda_pair(
     let graph = decode_graph(&target, 1, max_context).context("building the decode graph")?;
     let decode = mimo_compiler::compile(&graph, &options).context("compiling the decode graph")?;
     let image = source.image(&target, &decode)?;
-    let shared = cuda::DeviceContext::new(info, store, None)?;
+    let shared = cuda::DeviceContext::new(device, store, None)?;
     let mut engine = CudaEngine::on(
         shared.clone(),
         target.clone(),

@@ -16,6 +16,7 @@ mod dflash;
 mod routing;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -26,12 +27,14 @@ use mimo_ir::ModelSpec;
 use mimo_ir::interp::F32Weights;
 use mimo_ir::weights::WeightStore;
 use mimo_runtime::cuda::{self, CudaEngine, KernelImage, LaunchOptions};
+use mimo_runtime::device::Device;
 use mimo_runtime::engine::{CpuEngine, Engine};
 use mimo_runtime::random_checkpoint::random_weights;
+use mimo_runtime::session::select_device;
 use mimo_runtime::{builtin, load_model, resolve_model};
 use serde_json::{Value, json};
 
-use crate::options::Device;
+use crate::options::Device as DeviceFlag;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -60,9 +63,10 @@ pub struct BenchArgs {
     /// Keep only the first N layers of the model (full layer shapes, fewer layers).
     #[arg(long, value_name = "N")]
     layers: Option<usize>,
-    /// Where to run: `cuda` needs an NVIDIA GPU and driver, `auto` uses one when present.
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
-    device: Device,
+    /// Where to run: `cuda` needs an NVIDIA GPU and driver, `auto` uses one when present, `emu`
+    /// is the device emulator (slow).
+    #[arg(long, value_enum, default_value_t = DeviceFlag::Auto)]
+    device: DeviceFlag,
     /// Print one JSON object instead of a summary.
     #[arg(long)]
     json: bool,
@@ -124,24 +128,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let started = Instant::now();
     let model = Model::open(&args)?;
-    let gpu = match args.device {
-        Device::Cpu => None,
-        Device::Auto | Device::Cuda => match cuda::probe(0) {
-            Ok(info) => Some(info),
-            Err(reason) if args.device == Device::Cuda => {
-                bail!("--device cuda: no usable CUDA GPU: {reason}; use --device cpu")
-            }
-            Err(reason) => {
-                eprintln!("note: {reason}: timing the reference interpreter on the CPU");
-                None
-            }
-        },
-    };
-    if args.dflash {
-        return dflash::run(&args, model, gpu.as_ref(), started);
+    let mut notes = Vec::new();
+    let device = select_device(args.device.into(), &mut notes)?;
+    for note in notes {
+        eprintln!("note: {note}; timing the reference interpreter");
     }
-    let measured = match &gpu {
-        Some(info) => bench_cuda(&args, &model, info)?,
+    if args.dflash {
+        return dflash::run(&args, model, device.as_ref(), started);
+    }
+    let measured = match &device {
+        Some(dev) => bench_cuda(&args, &model, dev)?,
         None => bench_cpu(&args, &model)?,
     };
 
@@ -307,10 +303,10 @@ impl Model {
 
 /// The megakernel engine of `model` (its artifact's, or compiled here for a cache of `positions`
 /// rounded up).
-fn cuda_engine(model: &Model, info: &cuda::DeviceInfo, positions: usize) -> Result<CudaEngine> {
+fn cuda_engine(model: &Model, dev: &Arc<dyn Device>, positions: usize) -> Result<CudaEngine> {
     let opts = LaunchOptions::from_env();
     Ok(match &model.artifact {
-        Some(art) => CudaEngine::from_artifact(info, art, &model.weights, opts)?,
+        Some(art) => CudaEngine::from_artifact(dev, art, &model.weights, opts)?,
         None => {
             let ctx = positions.next_multiple_of(64);
             if ctx > model.spec.max_position_embeddings {
@@ -320,9 +316,9 @@ fn cuda_engine(model: &Model, info: &cuda::DeviceInfo, positions: usize) -> Resu
                 );
             }
             let (program, image): (_, KernelImage) =
-                cuda::compile_in_memory(&model.spec, ctx, info.sm_count, mimo::TEMPLATES)?;
+                cuda::compile_in_memory(&model.spec, ctx, dev.info().sm_count, mimo::TEMPLATES)?;
             CudaEngine::new(
-                info,
+                dev,
                 model.spec.clone(),
                 program,
                 &model.weights,
@@ -333,9 +329,9 @@ fn cuda_engine(model: &Model, info: &cuda::DeviceInfo, positions: usize) -> Resu
     })
 }
 
-fn bench_cuda(args: &BenchArgs, model: &Model, info: &cuda::DeviceInfo) -> Result<Measured> {
+fn bench_cuda(args: &BenchArgs, model: &Model, dev: &Arc<dyn Device>) -> Result<Measured> {
     // The cache holds the context plus the decoded position.
-    let mut engine = cuda_engine(model, info, args.context + 1)?;
+    let mut engine = cuda_engine(model, dev, args.context + 1)?;
     let device = engine.device();
     let timing = engine.bench_decode(args.context, args.tokens, args.warmup)?;
     let copy = engine.kernel().copy_bandwidth_gbs()?;

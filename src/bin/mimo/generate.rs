@@ -40,7 +40,8 @@ pub struct GenerateArgs {
     /// Seed of the sampler (temperature > 0).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Where to run: `cuda` needs an NVIDIA GPU and driver, `auto` uses one when present.
+    /// Where to run: `cuda` needs an NVIDIA GPU and driver, `auto` uses one when present, `emu`
+    /// is the device emulator (compiled artifacts only; slow).
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     device: Device,
     /// Print one JSON object: output_ids, text, tokens_per_second (and logits with --logits;

@@ -12,9 +12,15 @@ use mimo_runtime::session::DeviceChoice;
 /// `--device`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Device {
+    /// An NVIDIA GPU when one is usable, else the CPU.
     Auto,
+    /// The CPU (the reference interpreter, or the schedule executor for an artifact).
     Cpu,
+    /// An NVIDIA GPU (an error without one).
     Cuda,
+    /// the device emulator: runs the generated CUDA kernel on the CPU with memory and race
+    /// checks; a correctness tool, slow
+    Emu,
 }
 
 impl From<Device> for DeviceChoice {
@@ -23,6 +29,7 @@ impl From<Device> for DeviceChoice {
             Device::Auto => DeviceChoice::Auto,
             Device::Cpu => DeviceChoice::Cpu,
             Device::Cuda => DeviceChoice::Cuda,
+            Device::Emu => DeviceChoice::Emu,
         }
     }
 }

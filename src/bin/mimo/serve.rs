@@ -52,7 +52,8 @@ pub struct ServeArgs {
     /// (a second signal stops them at once).
     #[arg(long, default_value_t = 30.0, value_name = "SECS")]
     shutdown_timeout: f64,
-    /// Where to run: `cuda` needs an NVIDIA GPU and driver, `auto` uses one when present.
+    /// Where to run: `cuda` needs an NVIDIA GPU and driver, `auto` uses one when present, `emu`
+    /// is the device emulator (compiled artifacts only; slow).
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     device: Device,
     /// Decode speculatively with this DFlash draft (a Hugging Face directory: config.json and

@@ -31,6 +31,7 @@ use mimo_ir::model::dflash::{
 use mimo_ir::model::names::{self, LayerWeight};
 use mimo_ir::weights::WeightStore;
 use mimo_runtime::cuda::{CudaEngine, CudaPrograms, KernelSource, LaunchOptions};
+use mimo_runtime::device::Device;
 use mimo_runtime::dflash::{
     CudaRunner, DFlashDrafter, DraftContext, Drafter, InterpreterRunner, ScheduleRunner,
 };
@@ -135,15 +136,15 @@ struct Setup {
 fn setup(
     model: &Model,
     draft: &Draft,
-    gpu: Option<&cuda::DeviceInfo>,
+    gpu: Option<&Arc<dyn Device>>,
     host_draft: bool,
     max_context: usize,
     max_block: usize,
 ) -> Result<Setup> {
     let target = model.spec.clone();
     let dspec = draft.spec.clone();
-    if let Some(info) = gpu.filter(|_| !host_draft) {
-        return gpu_setup(model, draft, info, max_context, max_block);
+    if let Some(dev) = gpu.filter(|_| !host_draft) {
+        return gpu_setup(model, draft, dev, max_context, max_block);
     }
     let add_draft = |w: &mut F32Weights| {
         for (name, weight) in draft.weights.iter() {
@@ -153,8 +154,8 @@ fn setup(
             );
         }
     };
-    if let Some(info) = gpu {
-        let mut engine = cuda_engine(model, info, max_context)?;
+    if let Some(dev) = gpu {
+        let mut engine = cuda_engine(model, dev, max_context)?;
         let copy_bandwidth_gbs = engine.kernel().copy_bandwidth_gbs()?;
         // The draft reads the target's embedding and lm_head: only those, with its own, on the
         // host.
@@ -240,20 +241,21 @@ fn setup(
     })
 }
 
-/// The target and the draft on the megakernel: both models' weights uploaded once into one
-/// context (the draft reads the target's embedding and lm_head), each with its own device KV
+/// The target and the draft on the megakernel: both models' weights uploaded once onto one
+/// device (the draft reads the target's embedding and lm_head), each with its own device KV
 /// cache, every program compiled from the embedded templates when first needed.
 fn gpu_setup(
     model: &Model,
     draft: &Draft,
-    info: &cuda::DeviceInfo,
+    dev: &Arc<dyn Device>,
     max_context: usize,
     max_block: usize,
 ) -> Result<Setup> {
     let target = model.spec.clone();
     let dspec = draft.spec.clone();
     let ctx = max_context.next_multiple_of(64);
-    let (decode, image) = cuda::compile_in_memory(&target, ctx, info.sm_count, mimo::TEMPLATES)?;
+    let (decode, image) =
+        cuda::compile_in_memory(&target, ctx, dev.info().sm_count, mimo::TEMPLATES)?;
     let options = CompileOptions::for_machine(decode.machine);
     let launch = LaunchOptions::from_env();
     let source = KernelSource::Templates(mimo::TEMPLATES);
@@ -264,7 +266,7 @@ fn gpu_setup(
             .iter()
             .all(|(n, _)| model.weights.get(n).is_some())
     );
-    let shared = cuda::DeviceContext::new(info, &model.weights, None)?;
+    let shared = cuda::DeviceContext::new(dev, &model.weights, None)?;
     let mut engine = CudaEngine::on(
         shared.clone(),
         target.clone(),
@@ -327,7 +329,7 @@ struct BlockResult {
 pub(super) fn run(
     args: &BenchArgs,
     mut model: Model,
-    gpu: Option<&cuda::DeviceInfo>,
+    gpu: Option<&Arc<dyn Device>>,
     started: Instant,
 ) -> Result<()> {
     let spec = &model.spec;
