@@ -318,3 +318,26 @@ fn open_artifact(
         notes,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_emulator_and_the_cpu_choices_need_no_gpu() {
+        let mut notes = Vec::new();
+        let err = interpreter_only(DeviceChoice::Emu, "m.toml", &mut notes).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--device emu runs compiled artifacts: compile m.toml with `mimo-compile m.toml -o DIR` and pass --model DIR"
+        );
+        interpreter_only(DeviceChoice::Cpu, "m.toml", &mut notes).unwrap();
+        assert!(
+            select_device(DeviceChoice::Cpu, &mut notes)
+                .unwrap()
+                .is_none()
+        );
+        assert!(notes.is_empty(), "{notes:?}");
+        assert_eq!(DeviceChoice::Emu.flag(), "emu");
+    }
+}

@@ -1,4 +1,5 @@
-//! [`CudaEngine`]: a model's programs on the GPU behind the [`Engine`] trait: the
+//! [`CudaEngine`]: a model's programs on a device (a GPU, or the emulator) behind the
+//! [`Engine`] trait: the
 //! [`ProgramEngine`] the CPU schedule executor runs too, over megakernels ([`CudaPrograms`]).
 //! Every program shares the one device KV cache and weight upload ([`super::shared`]); those an
 //! artifact lacks are compiled on first use. Also here: the decode benchmark, and compiling a
@@ -64,7 +65,7 @@ pub fn compile_graph(
     ))
 }
 
-/// A model's compiled programs running on a GPU.
+/// A model's compiled programs running on a device (a GPU, or the emulator).
 pub type CudaEngine = ProgramEngine<CudaPrograms<TargetProgram>>;
 
 /// What [`CudaEngine::bench_decode`] measured.

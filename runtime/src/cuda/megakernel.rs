@@ -1,7 +1,8 @@
-//! [`Megakernel`]: one compiled program resident on the GPU (its task tables, `WeightRef`
-//! table, arena, event counters and diagnostics block, next to the weights and KV cache it shares
-//! with the model's other programs) and its life: set-up with every check done before anything
-//! is uploaded, accessors, resets, and the poisoned state after a lost context.
+//! [`Megakernel`]: one compiled program resident on a device (its task tables, `WeightRef`
+//! table, arena, event counters and diagnostics block, each a [`DeviceBuffer`] of its
+//! [`MemClass`], next to the weights and KV cache it shares with the model's other programs) and
+//! its life: set-up with every check done before anything is uploaded, accessors, resets, and the
+//! poisoned state after a lost context or a failed emulator check.
 //!
 //! The struct is the hub the sibling modules extend with `impl Megakernel` blocks of their own:
 //! [`super::launch`] (steps), [`super::arena`] (the arena from the host), [`super::diagnose`]
