@@ -165,8 +165,12 @@ impl Device for CudaDevice {
     fn free(&self, ptr: DevicePtr) {
         let slice = lock(&self.allocations).remove(&ptr);
         if let Some(slice) = slice {
-            // Freed in stream order, after the work using it; a failure here has nowhere to go.
-            let _ = guarded("freeing device memory", || drop(slice));
+            // Freed in stream order, after the work using it (cudarc's drop does not bind the
+            // context itself); a failure here has nowhere to go.
+            let _ = guarded("freeing device memory", || {
+                let _ = self.ctx.bind_to_thread();
+                drop(slice)
+            });
         }
     }
 
