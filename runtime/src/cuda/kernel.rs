@@ -132,31 +132,41 @@ impl KernelImage {
 /// named by a hash of the source and the NVRTC flags, so a changed kernel never hits a stale
 /// entry. Compiling a full kernel takes NVRTC 10-20 s; a cached one loads in milliseconds.
 fn cache_path(source: &str, opts: &nvrtc::CompileOptions) -> Option<std::path::PathBuf> {
-    let dir = match std::env::var_os("MIMO_KERNEL_CACHE") {
+    let key = artifact::fnv1a(format!("{source}\0{}", opts.nvrtc_flags().join(" ")).as_bytes());
+    Some(kernel_cache_dir()?.join(format!("{key}-{}.cubin", opts.arch)))
+}
+
+/// The directory of cached kernel builds (NVRTC's CUBINs, the emulator's libraries):
+/// `$MIMO_KERNEL_CACHE` (`off`: none), else `$XDG_CACHE_HOME/mimo/kernels`, else
+/// `~/.cache/mimo/kernels`.
+pub(crate) fn kernel_cache_dir() -> Option<std::path::PathBuf> {
+    Some(match std::env::var_os("MIMO_KERNEL_CACHE") {
         Some(d) if d == "off" => return None,
         Some(d) if !d.is_empty() => std::path::PathBuf::from(d),
         _ => match std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
             Some(d) => std::path::PathBuf::from(d).join("mimo/kernels"),
             None => std::path::PathBuf::from(std::env::var_os("HOME")?).join(".cache/mimo/kernels"),
         },
-    };
-    let key = artifact::fnv1a(format!("{source}\0{}", opts.nvrtc_flags().join(" ")).as_bytes());
-    Some(dir.join(format!("{key}-{}.cubin", opts.arch)))
+    })
 }
 
-/// Writes a cache entry atomically (a temporary file renamed into place); failures only cost a
-/// recompilation later, so they are logged, not returned.
-fn store_in_cache(path: &std::path::Path, cubin: &[u8]) {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+/// Writes a cache entry atomically (a temporary file of this call's own, renamed into place:
+/// two threads may store the same entry at once); failures only cost a rebuild later, so they
+/// are logged, not returned. Returns whether the entry was stored.
+pub(crate) fn store_in_cache(path: &std::path::Path, bytes: &[u8]) -> bool {
+    static STORES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = STORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
     let written = path
         .parent()
         .map_or(Ok(()), std::fs::create_dir_all)
-        .and_then(|()| std::fs::write(&tmp, cubin))
+        .and_then(|()| std::fs::write(&tmp, bytes))
         .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = written {
+    if let Err(e) = &written {
         let _ = std::fs::remove_file(&tmp);
         tracing::debug!("kernel cache {}: {e}", path.display());
     }
+    written.is_ok()
 }
 
 /// Checks that `program` can run on `device` with `image` (before anything is uploaded):

@@ -10,6 +10,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use mimo_compiler::artifact::fnv1a;
 
+use crate::cuda::kernel::{kernel_cache_dir, store_in_cache};
+
 /// The emulator's sources, embedded so the build needs nothing but a C++ compiler.
 const SOURCES: [(&str, &str); 4] = [
     (
@@ -54,19 +56,6 @@ fn compiler() -> String {
         .unwrap_or_else(|| "c++".to_string())
 }
 
-/// Where built kernels are cached: `$MIMO_KERNEL_CACHE` (`off`: a fresh temporary directory
-/// every time), else `$XDG_CACHE_HOME/mimo/kernels`, else `~/.cache/mimo/kernels`.
-fn cache_dir() -> Option<PathBuf> {
-    match std::env::var_os("MIMO_KERNEL_CACHE") {
-        Some(d) if d == "off" => None,
-        Some(d) if !d.is_empty() => Some(PathBuf::from(d)),
-        _ => match std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-            Some(d) => Some(PathBuf::from(d).join("mimo/kernels")),
-            None => Some(PathBuf::from(std::env::var_os("HOME")?).join(".cache/mimo/kernels")),
-        },
-    }
-}
-
 fn run(cmd: &mut Command, what: &str) -> Result<()> {
     let out = cmd.output().with_context(|| {
         format!(
@@ -109,7 +98,7 @@ pub fn build_kernel_library(source: &str) -> Result<(PathBuf, String)> {
     }
     key_text.push_str(source);
     let key = fnv1a(key_text.as_bytes());
-    let cached = cache_dir().map(|d| d.join(format!("{key}-emu.so")));
+    let cached = kernel_cache_dir().map(|d| d.join(format!("{key}-emu.so")));
     if let Some(path) = &cached
         && path.is_file()
     {
@@ -132,26 +121,15 @@ pub fn build_kernel_library(source: &str) -> Result<(PathBuf, String)> {
             return Err(e);
         }
     };
+    let stored = cached
+        .as_ref()
+        .is_some_and(|path| std::fs::read(&built).is_ok_and(|bytes| store_in_cache(path, &bytes)));
     let final_path = match &cached {
-        Some(path) => {
-            let stored = path
-                .parent()
-                .map(std::fs::create_dir_all)
-                .transpose()
-                .ok()
-                .and_then(|_| {
-                    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
-                    std::fs::copy(&built, &tmp).ok()?;
-                    std::fs::rename(&tmp, path).ok()
-                });
-            if stored.is_some() {
-                let _ = std::fs::remove_dir_all(&work);
-                path.clone()
-            } else {
-                built
-            }
+        Some(path) if stored => {
+            let _ = std::fs::remove_dir_all(&work);
+            path.clone()
         }
-        None => built,
+        _ => built,
     };
     Ok((
         final_path,
