@@ -51,7 +51,7 @@ use mimo_ir::{
 use mimo_runtime::cuda::{self, CudaEngine, KernelImage, LaunchOptions, Megakernel};
 use mimo_runtime::device::Device;
 use mimo_runtime::dflash::{self, ReplayDrafter, WrongDrafter, speculative_generate};
-use mimo_runtime::engine::{CpuEngine, Engine};
+use mimo_runtime::engine::{CpuEngine, Engine, StepOutput};
 use mimo_runtime::exec::ScheduleExecutor;
 use mimo_runtime::generate::{GenerateRequest, generate};
 use mimo_runtime::load_model;
@@ -823,49 +823,204 @@ fn forced(engine: &mut dyn Engine, tokens: &[u32]) -> Vec<Vec<f32>> {
     out.logits.unwrap().chunks(v).map(<[f32]>::to_vec).collect()
 }
 
-/// GPU greedy ids must equal the interpreter's. Both are also fed the interpreter's sequence:
-/// their logits must agree within `tol` at every step, and the GPU's argmax must be the
-/// interpreter's unless the interpreter's own logits put the two candidates within 4x the
-/// measured GPU noise (a near tie, where bf16 rounding may legitimately decide). A free-running
-/// divergence is accepted only at such a near tie, and is reported.
+/// The interpreter computing as the kernel's tensor cores do (see
+/// [`mimo_ir::math::with_bf16_operands`]): weights, matmul activations and KV rows in bf16, sums
+/// in f32. Its distance from the f32 interpreter is the bf16 noise of this model on this sequence.
+struct Bf16Twin(CpuEngine, F32Weights);
+
+impl Bf16Twin {
+    /// `dequantised` is `weights` as the oracle holds them; only f32 weights differ in the twin
+    /// (bf16 and FP4 weights are exact in bf16), so the rest is shared.
+    fn new(spec: &ModelSpec, weights: &WeightStore, dequantised: &F32Weights, ctx: usize) -> Self {
+        let mut rounded = dequantised.clone();
+        for (name, w) in weights.iter() {
+            if w.format() == WeightFormat::F32 {
+                let values: Vec<f32> = w
+                    .to_f32()
+                    .iter()
+                    .map(|&x| half::bf16::from_f32(x).to_f32())
+                    .collect();
+                rounded.insert(name, Tensor::from_f32(w.shape.clone(), values));
+            }
+        }
+        Bf16Twin(CpuEngine::new(spec.clone(), rounded.clone(), ctx), rounded)
+    }
+}
+
+impl Engine for Bf16Twin {
+    fn spec(&self) -> &ModelSpec {
+        self.0.spec()
+    }
+    fn max_context(&self) -> usize {
+        self.0.max_context()
+    }
+    fn device(&self) -> String {
+        format!("{} (bf16 operands)", self.0.device())
+    }
+    fn step(
+        &mut self,
+        tokens: &[u32],
+        positions: &[usize],
+        want_logits: bool,
+    ) -> anyhow::Result<StepOutput> {
+        mimo_ir::math::with_bf16_operands(|| self.0.step(tokens, positions, want_logits))
+    }
+    fn reset(&mut self) {
+        self.0.reset();
+    }
+}
+
+/// Per position of `seq` (one forced step from an empty cache), each MoE layer's router logits.
+fn router_logits(
+    spec: &ModelSpec,
+    weights: &F32Weights,
+    seq: &[u32],
+    ctx: usize,
+    bf16: bool,
+) -> Vec<Vec<Vec<f32>>> {
+    let graph = decode_graph(spec, seq.len(), ctx).unwrap();
+    let mut doc = graph.to_json();
+    let routers: Vec<(String, usize)> = graph
+        .nodes()
+        .filter(|(_, n)| n.name.ends_with(".router_logits"))
+        .map(|(i, n)| (n.name.clone(), i.index()))
+        .collect();
+    for (name, node) in &routers {
+        doc["outputs"][name.as_str()] = serde_json::json!([node, 0]);
+    }
+    let graph = Graph::from_json(&doc).unwrap();
+    let ids = Tensor::from_i32(vec![seq.len()], seq.iter().map(|&t| t as i32).collect());
+    let positions = Tensor::from_i32(vec![seq.len()], (0..seq.len() as i32).collect());
+    let inputs = [
+        (mimo_ir::model::build::TOKEN_IDS, ids),
+        (mimo_ir::model::build::POSITIONS, positions),
+    ];
+    let run = || interp::run(&graph, weights, &mut StateStore::new(), &inputs).unwrap();
+    let out = if bf16 {
+        mimo_ir::math::with_bf16_operands(run)
+    } else {
+        run()
+    };
+    (0..seq.len())
+        .map(|t| {
+            routers
+                .iter()
+                .map(|(name, _)| {
+                    let r = &out[name];
+                    let e = r.shape[1];
+                    r.f32()[t * e..(t + 1) * e].to_vec()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Positions where the oracle's choice of experts is within bf16 reach: in some layer the gap
+/// between the k-th and (k+1)-th router logit is at most 4x what the bf16 twin moves that
+/// layer's router logits at that position. The kernel may legitimately route those tokens
+/// differently, which changes their logits by far more than rounding does.
+fn router_near_ties(
+    spec: &ModelSpec,
+    oracle: &F32Weights,
+    twin: &F32Weights,
+    seq: &[u32],
+    ctx: usize,
+) -> Vec<usize> {
+    let k = spec.experts_per_token;
+    let want = router_logits(spec, oracle, seq, ctx, false);
+    let bf16 = router_logits(spec, twin, seq, ctx, true);
+    (0..seq.len())
+        .filter(|&t| {
+            want[t].iter().zip(&bf16[t]).any(|(w, b)| {
+                let mut sorted = w.clone();
+                sorted.sort_by(|x, y| y.total_cmp(x));
+                let margin = f64::from(sorted[k - 1] - sorted[k]);
+                margin <= 4.0 * max_abs_diff(b, w)
+            })
+        })
+        .collect()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| f64::from((x - y).abs()))
+        .fold(0.0, f64::max)
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (j, &x)| if x > b.1 { (j, x) } else { b },
+        )
+        .0
+}
+
+/// The kernel against the f32 interpreter (the oracle), with the interpreter's bf16 twin
+/// ([`Bf16Twin`]) measuring how much bf16 rounding alone moves this model's logits: small random
+/// models amplify rounding, and a fixed tolerance would be either loose on calm models or fail a
+/// correct kernel on chaotic ones. All three are fed the oracle's greedy sequence:
+/// - at every position the kernel's logits are within `tol` relative L2 of the oracle's, or
+///   within 3x the twin's worst distance over the sequence (each of the kernel's few extra
+///   roundings, such as the norm weight staged before the 1/rms scale, is of the twin's size);
+/// - the kernel's argmax is the oracle's, unless the oracle's top-two gap is within reach of
+///   bf16 noise at that position: twice the larger of the kernel's and the twin's largest logit
+///   deviation there, and at most 8x the twin's (a near tie, reported);
+/// - at a router near tie ([`router_near_ties`]) the kernel may route the token differently, so
+///   the logits bound does not hold there (reported; later positions still are held to it);
+/// - free-running, the kernel's greedy ids equal the oracle's, or first differ at a near tie.
+///
+/// A wrong fragment layout, a race or a stale read moves logits by far more than bf16 does.
 fn compare_greedy(
     label: &str,
-    cpu: &mut dyn Engine,
+    (oracle, oracle_weights): (&mut CpuEngine, &F32Weights),
+    twin: &mut Bf16Twin,
     gpu: &mut dyn Engine,
     prompt: &[u32],
     n: usize,
     tol: f64,
 ) {
-    let (cpu_ids, _) = greedy(cpu, prompt, n);
+    let (cpu_ids, _) = greedy(oracle, prompt, n);
     let mut seq = prompt.to_vec();
     seq.extend_from_slice(&cpu_ids[..n - 1]);
-    let want = forced(cpu, &seq);
+    let want = forced(oracle, &seq);
+    let bf16 = forced(twin, &seq);
     let got = forced(gpu, &seq);
+    let spec = oracle.spec().clone();
+    let routed_near_ties =
+        router_near_ties(&spec, oracle_weights, &twin.1, &seq, oracle.max_context());
+    let twin_worst = bf16
+        .iter()
+        .zip(&want)
+        .map(|(b, w)| rel_l2(b, w))
+        .fold(0.0, f64::max);
+    let bound = tol.max(3.0 * twin_worst);
     let mut worst = 0.0f64;
     let mut near_ties = vec![];
-    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+    for (i, ((g, w), b)) in got.iter().zip(&want).zip(&bf16).enumerate() {
         let err = rel_l2(g, w);
         worst = worst.max(err);
+        if routed_near_ties.contains(&i) && err >= bound {
+            eprintln!(
+                "{label}: position {i}: logits relative L2 error {err:.3e} at a router near tie (accepted)"
+            );
+            near_ties.push(i);
+            continue;
+        }
         assert!(
-            err < tol,
-            "{label}: position {i}: logits relative L2 error {err}"
+            err < bound,
+            "{label}: position {i}: logits relative L2 error {err:.3e} (bound {bound:.3e}: the bf16 twin's worst is {twin_worst:.3e})"
         );
-        let argmax = |r: &[f32]| {
-            r.iter()
-                .enumerate()
-                .fold(
-                    (0, f32::NEG_INFINITY),
-                    |b, (j, &x)| if x > b.1 { (j, x) } else { b },
-                )
-                .0
-        };
         let (gi, wi) = (argmax(g), argmax(w));
         if gi != wi {
             let gap = f64::from(w[wi] - w[gi]);
-            let noise = rms_diff(g, w);
+            let twin_dev = max_abs_diff(b, w);
+            let reach = (2.0 * max_abs_diff(g, w).max(twin_dev)).min(8.0 * twin_dev);
             assert!(
-                gap <= 4.0 * noise,
-                "{label}: position {i}: GPU argmax {gi}, interpreter {wi} (gap {gap} > 4 x noise {noise})"
+                gap <= reach,
+                "{label}: position {i}: GPU argmax {gi}, interpreter {wi} (gap {gap} beyond bf16 noise {reach}: the twin moves a logit by at most {twin_dev})"
             );
             near_ties.push(i);
         }
@@ -882,7 +1037,7 @@ fn compare_greedy(
         eprintln!("{label}: greedy ids diverge at new token {d}, a near tie (accepted)");
     }
     eprintln!(
-        "{label}: {n} greedy tokens, worst logits error {worst:.2e}, near ties at {near_ties:?}"
+        "{label}: {n} greedy tokens, worst logits error {worst:.2e} (bf16 twin {twin_worst:.2e}), near ties at {near_ties:?}"
     );
 }
 
@@ -897,6 +1052,11 @@ fn gpu_fixtures_match_the_interpreter_for_64_greedy_tokens() {
     let tmp = tempfile::tempdir().unwrap();
     for (i, fixture) in hf_fixtures().into_iter().enumerate() {
         let name = fixture.file_name().unwrap().to_string_lossy().to_string();
+        // MIMO_TEST_FIXTURES=a,b: only those fixtures (to iterate on one under the emulator).
+        if std::env::var("MIMO_TEST_FIXTURES").is_ok_and(|only| !only.split(',').any(|f| f == name))
+        {
+            continue;
+        }
         let expected = read_json(&fixture.join("expected.json"));
         let prompt: Vec<u32> = common::ids(&expected["prompt_ids"])
             .iter()
@@ -918,18 +1078,17 @@ fn gpu_fixtures_match_the_interpreter_for_64_greedy_tokens() {
                 LaunchOptions::default(),
             )
             .unwrap_or_else(|e| panic!("{name}: {e:#}"));
-            let mut cpu_engine = CpuEngine::new(
-                loaded.spec.clone(),
-                F32Weights::from_store(&loaded.weights),
-                ctx,
-            );
+            let dequantised = F32Weights::from_store(&loaded.weights);
+            let mut twin = Bf16Twin::new(&loaded.spec, &loaded.weights, &dequantised, ctx);
+            let mut cpu_engine = CpuEngine::new(loaded.spec.clone(), dequantised.clone(), ctx);
             let label = format!(
                 "{name} ({}/{} weights, {workers} workers)",
                 loaded.spec.formats.experts, loaded.spec.formats.dense
             );
             compare_greedy(
                 &label,
-                &mut cpu_engine,
+                (&mut cpu_engine, &dequantised),
+                &mut twin,
                 &mut gpu_engine,
                 &prompt,
                 64,
@@ -972,11 +1131,14 @@ fn gpu_two_layers_of_qwen3_30b_match_the_interpreter() {
         gpu_engine.device(),
         started.elapsed().as_secs_f64()
     );
-    let mut cpu_engine = CpuEngine::new(spec.clone(), F32Weights::from_store(&weights), 64);
+    let dequantised = F32Weights::from_store(&weights);
+    let mut twin = Bf16Twin::new(&spec, &weights, &dequantised, 64);
+    let mut cpu_engine = CpuEngine::new(spec.clone(), dequantised.clone(), 64);
     drop(weights);
     compare_greedy(
         "qwen3-30b-a3b x2 layers",
-        &mut cpu_engine,
+        (&mut cpu_engine, &dequantised),
+        &mut twin,
         &mut gpu_engine,
         &[151_643, 785, 6722, 315],
         16,

@@ -106,13 +106,22 @@ fn default_splits(graph: &Graph, workers: usize) -> usize {
 }
 
 /// Vocabulary chunk per lm_head tile: the vocabulary over the workers, a multiple of 16 (one
-/// tensor-core tile of rows).
+/// tensor-core tile of rows), and at most half the vocabulary where that leaves a whole tile:
+/// the per-chunk argmax joins the lm_head as its epilogue only while it leaves the lm_head at
+/// least two tiles (see `fuse::try_epilogue`), so a single chunk (one worker, or a vocabulary
+/// smaller than the workers' share) would leave it without a device function.
 fn default_argmax_chunk(graph: &Graph, workers: usize) -> usize {
     let vocab = graph
         .output("logits")
         .map(|v| graph.value_type(v).last_dim())
         .unwrap_or(1);
-    vocab.div_ceil(workers).div_ceil(16) * 16
+    let per_worker = vocab.div_ceil(workers).div_ceil(16) * 16;
+    let half = (vocab / 2) / 16 * 16;
+    if half >= 16 {
+        per_worker.min(half)
+    } else {
+        per_worker
+    }
 }
 
 impl Program {
@@ -149,6 +158,26 @@ mod tests {
     use super::*;
     use mimo_ir::ModelSpec;
     use mimo_ir::model::decode_graph;
+
+    /// Found by the emulator's fixture test: mixtral_c (vocabulary 288) on one worker had its
+    /// argmax in a group of its own, which no template implements.
+    #[test]
+    fn the_argmax_fuses_into_the_lm_head_for_any_vocabulary_and_worker_count() {
+        for vocab in [32, 97, 288, 300, 320, 384, 1000] {
+            for workers in [1, 2, 7, 32, 132] {
+                let spec = ModelSpec {
+                    vocab_size: vocab,
+                    ..ModelSpec::tiny(mimo_ir::Architecture::Mixtral)
+                };
+                let graph = decode_graph(&spec, 1, 64).unwrap();
+                let mut machine = Machine::h100();
+                machine.workers = workers;
+                let p = compile(&graph, &CompileOptions::for_machine(machine)).unwrap();
+                crate::abi::encode(&p)
+                    .unwrap_or_else(|e| panic!("vocab {vocab}, {workers} workers: {e}"));
+            }
+        }
+    }
 
     #[test]
     fn full_qwen3_30b_compiles_into_a_balanced_program() {

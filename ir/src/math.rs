@@ -21,6 +21,39 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+thread_local! {
+    static BF16_OPERANDS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the reference computing as a bf16 tensor-core kernel does: the activations
+/// entering a matmul (`linear`, `expert_linear`) and the rows stored into a KV cache rounded to
+/// bf16 (round to nearest even), the products accumulated in f32. Applies to the ops run on this
+/// thread. The f32 reference is the oracle; this twin measures how far bf16 rounding alone moves
+/// a model's logits, the noise floor a device's parity test is held to.
+pub fn with_bf16_operands<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BF16_OPERANDS.with(|m| m.set(self.0));
+        }
+    }
+    let _restore = Restore(BF16_OPERANDS.with(|m| m.replace(true)));
+    f()
+}
+
+/// `xs` as a matmul operand: rounded to bf16 inside [`with_bf16_operands`], unchanged otherwise.
+pub fn matmul_operand(xs: &[f32]) -> std::borrow::Cow<'_, [f32]> {
+    if BF16_OPERANDS.with(|m| m.get()) {
+        std::borrow::Cow::Owned(
+            xs.iter()
+                .map(|&x| half::bf16::from_f32(x).to_f32())
+                .collect(),
+        )
+    } else {
+        std::borrow::Cow::Borrowed(xs)
+    }
+}
+
 /// `x * sigmoid(x)`.
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
@@ -93,5 +126,27 @@ impl Rng {
     pub fn normal(&mut self, std: f32) -> f32 {
         let s: f64 = (0..4).map(|_| self.next_f64()).sum::<f64>() - 2.0;
         (s * (3.0f64).sqrt()) as f32 * std
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_operands_round_to_nearest_even_only_inside_the_scope() {
+        // 1 + 2^-8 is halfway between two bf16 values (1 and 1 + 2^-7): ties go to even (1).
+        let xs = [1.0 + 2f32.powi(-8), 1.0 + 3.0 * 2f32.powi(-8), -3.0e-3];
+        assert_eq!(&*matmul_operand(&xs), &xs[..]);
+        let rounded = with_bf16_operands(|| matmul_operand(&xs).into_owned());
+        assert_eq!(rounded[0], 1.0);
+        assert_eq!(rounded[1], 1.0 + 2.0 * 2f32.powi(-7));
+        assert_eq!(rounded[2], half::bf16::from_f32(-3.0e-3).to_f32());
+        assert_ne!(rounded[2], xs[2]);
+        assert_eq!(
+            &*matmul_operand(&xs),
+            &xs[..],
+            "the scope restores f32 operands"
+        );
     }
 }

@@ -88,6 +88,7 @@ const char* collective_name(Collective c) {
 struct Fiber {
     void* sp = nullptr;
     u32 block = 0, thread = 0;
+    u32 task = kNone;  // the kernel task index this thread is running (threads of a block may differ)
     Wait wait = Wait::kRunnable;
     u64 wake_ns = 0;
     // A pending collective: what this lane brought and where its result goes.
@@ -124,7 +125,6 @@ struct Warp {
 
 struct Block {
     u32 index = 0;
-    u32 task = kNone;
     u32 live = 0, arrived = 0, and_acc = 1, barrier_epoch = 1;
     bool barrier_and = false;
     std::vector<u32> clock;  // vector clock over blocks
@@ -185,7 +185,7 @@ std::string describe_address(u64 address);
     l->failed = 1;
     if (emu.current) {
         l->worker = emu.current->block;
-        l->task = emu.blocks[emu.current->block].task;
+        l->task = emu.current->task;
     }
     emu.failed = true;
     if (emu.in_fiber) {
@@ -253,7 +253,7 @@ Access now_access(u32 bytes_mask) {
     x.clock = b.clock[b.index];
     x.barrier_epoch = b.barrier_epoch;
     x.warp_epoch = b.warps[emu.current->thread / 32].epoch;
-    x.task = b.task;
+    x.task = emu.current->task;
     x.block = (uint16_t)b.index;
     x.thread = (uint16_t)emu.current->thread;
     x.bytes_mask = (uint8_t)bytes_mask;
@@ -272,7 +272,10 @@ bool ordered(const Access& prior) {
 
 void report_race(const char* what, const Access& prior, const char* prior_what, u64 address, const std::string& where) {
     char task[32] = "no task";
-    if (prior.task != kNone) snprintf(task, sizeof task, "task index %u", prior.task);
+    if (prior.task != kNone && prior.task == emu.current->task)
+        snprintf(task, sizeof task, "in this task");
+    else if (prior.task != kNone)
+        snprintf(task, sizeof task, "kernel task index %u", prior.task);
     fail("%s race: %s %s %s at %#llx (%s), which block %u thread %u (%s) %s with nothing ordering the two "
          "(a missing event wait, or a missing barrier)",
          prior.block == emu.current->block ? "intra-block" : "cross-block", who(), what,
@@ -303,7 +306,7 @@ void track(std::vector<Granule>& shadow, u64 offset, u64 n, bool is_write, u64 a
 // ---- global memory ----
 
 void count_read(u32 cls, u64 n) {
-    const u32 task = emu.block().task;
+    const u32 task = emu.current->task;
     if (task != kNone && task < emu.launch->task_count && emu.launch->task_bytes)
         emu.launch->task_bytes[(u64)task * MIMO_EMU_CLASSES + cls] += n;
 }
@@ -363,7 +366,11 @@ void check_shared(u64 offset, u64 a, u64 n, bool is_write) {
              is_write ? "writes" : "reads", (unsigned long long)n, (unsigned long long)offset, (unsigned long long)n);
     track(emu.block().shared_shadow, offset, n, is_write, a, [&] {
         char buf[96];
-        snprintf(buf, sizeof buf, "shared memory, window offset %llu", (unsigned long long)offset);
+        const u64 sb = emu.static_shared_bytes();
+        if (offset < sb)
+            snprintf(buf, sizeof buf, "static shared memory, offset %llu", (unsigned long long)offset);
+        else
+            snprintf(buf, sizeof buf, "dynamic shared memory, offset %llu", (unsigned long long)(offset - sb));
         return std::string(buf);
     });
 }
@@ -742,7 +749,7 @@ Dim3 thread_index() { return {emu.current->thread, 0, 0}; }
 Dim3 block_index() { return {emu.current->block, 0, 0}; }
 Dim3 block_dimension() { return {emu.launch->threads, 1, 1}; }
 Dim3 grid_dimension() { return {emu.launch->blocks, 1, 1}; }
-void task_begins(unsigned index) { emu.block().task = index; }
+void task_begins(unsigned index) { emu.current->task = index; }
 unsigned char* dynamic_shared_memory() { return emu.block().dynamic_shared; }
 
 void syncthreads() { barrier(false, 1); }

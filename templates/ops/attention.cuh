@@ -91,6 +91,9 @@ __device__ __forceinline__ void attention_softmax_update(const AttnSmem& sm, u32
             sum += w;
         }
         sum = warp_sum(sum);
+        // Every lane read m[h] and l[h] above; a shuffle orders no memory, so lane 0 overwrites
+        // them only after the warp has met here.
+        __syncwarp();
         if (lane == 0) {
             const float alpha = none ? 1.0f : expf(m_old - m_new);
             sm.alpha[h] = alpha;

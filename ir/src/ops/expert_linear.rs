@@ -5,7 +5,7 @@ use std::ops::Range;
 use mimo_macros::op;
 use rayon::prelude::*;
 
-use crate::math::{axis_region, dot};
+use crate::math::{axis_region, dot, matmul_operand};
 use crate::op::{Access, Cost, Io, Op, expect_arity, whole};
 use crate::{DType, Tensor, TensorType};
 
@@ -57,7 +57,8 @@ impl Op for ExpertLinear {
         let (n_out, k_in) = (w.shape[1], w.shape[2]);
         let k = inputs[Self::IDS].shape[1];
         let shared_input = x.shape.len() == 2;
-        let (x, w) = (x.f32(), w.f32());
+        let x = matmul_operand(x.f32());
+        let (x, w) = (&x[..], w.f32());
         let y = outputs[Self::Y].f32_mut();
         // One slot per (token, routed expert): the [units] slice of its output row.
         let slots: Vec<Vec<f32>> = (0..ids.len())

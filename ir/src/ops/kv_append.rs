@@ -4,7 +4,7 @@ use std::ops::Range;
 
 use mimo_macros::op;
 
-use crate::math::axis_region;
+use crate::math::{axis_region, matmul_operand};
 use crate::op::{Access, Cost, Io, Op, expect_arity, whole};
 use crate::{DType, Tensor, TensorType};
 
@@ -45,13 +45,15 @@ impl Op for KvAppend {
 
     fn reference(&self, inputs: &[&Tensor], outputs: &mut [Tensor], units: Range<usize>) {
         let (new, pos) = (inputs[Self::NEW], inputs[Self::POSITIONS].i32());
+        // Keys and values are matmul operands of attention: bf16 in the twin, as in the kernel.
+        let rows = matmul_operand(new.f32());
         let (kvh, hd) = (new.shape[1], new.shape[2]);
         let cache = outputs[Self::CACHE_OUT].f32_mut();
         for (t, &p) in pos.iter().enumerate() {
             for h in units.clone() {
                 let src = (t * kvh + h) * hd;
                 let dst = (p as usize * kvh + h) * hd;
-                cache[dst..dst + hd].copy_from_slice(&new.f32()[src..src + hd]);
+                cache[dst..dst + hd].copy_from_slice(&rows[src..src + hd]);
             }
         }
     }

@@ -5,7 +5,7 @@ use std::ops::Range;
 use mimo_macros::op;
 use rayon::prelude::*;
 
-use crate::math::{axis_region, dot};
+use crate::math::{axis_region, dot, matmul_operand};
 use crate::op::{Access, Cost, Io, Op, expect_arity, whole};
 use crate::{Tensor, TensorType};
 
@@ -41,7 +41,8 @@ impl Op for Linear {
         let (x, w) = (inputs[Self::X], inputs[Self::WEIGHT].f32());
         let (t, k) = (x.shape[0], x.shape[1]);
         let n_out = outputs[Self::Y].shape[1];
-        let x = x.f32();
+        let x = matmul_operand(x.f32());
+        let x = &x[..];
         // Column-major partial result [n][t], computed in parallel over output features.
         let cols: Vec<f32> = units
             .clone()
