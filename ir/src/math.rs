@@ -41,14 +41,15 @@ pub fn with_bf16_operands<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// `x` rounded to the nearest bf16 (ties to even), as `cvt.rn.bf16` does.
+pub fn round_bf16(x: f32) -> f32 {
+    half::bf16::from_f32(x).to_f32()
+}
+
 /// `xs` as a matmul operand: rounded to bf16 inside [`with_bf16_operands`], unchanged otherwise.
 pub fn matmul_operand(xs: &[f32]) -> std::borrow::Cow<'_, [f32]> {
     if BF16_OPERANDS.with(|m| m.get()) {
-        std::borrow::Cow::Owned(
-            xs.iter()
-                .map(|&x| half::bf16::from_f32(x).to_f32())
-                .collect(),
-        )
+        std::borrow::Cow::Owned(xs.iter().map(|&x| round_bf16(x)).collect())
     } else {
         std::borrow::Cow::Borrowed(xs)
     }
