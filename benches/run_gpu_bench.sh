@@ -40,7 +40,7 @@
 # Knobs (environment): LAYERS=8 CONTEXT=1024 TOKENS=128 WARMUP=16 SEED=0 MIMO=.gpu/bin/mimo
 # PYTHON=python3 WORK=/tmp/mimo-bench RESULTS=benches/results TORCH_TIMEOUT=560; for dflash:
 # DRAFT_LAYERS=5 DRAFT= (a draft directory instead of a random draft) BLOCKS=1,4,8,16 TAU=6.3
-# DFLASH_TOKENS=32 DFLASH_WARMUP=4. With OUT set (the
+# DFLASH_TOKENS=32 DFLASH_WARMUP=4; FULL_MODEL=0 skips the 48-layer run. With OUT set (the
 # device tool's output folder), every JSON written and the PyTorch log are copied there too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,6 +61,7 @@ BLOCKS=${BLOCKS:-1,4,8,16}
 TAU=${TAU:-6.3}
 DFLASH_TOKENS=${DFLASH_TOKENS:-32}
 DFLASH_WARMUP=${DFLASH_WARMUP:-4}
+FULL_MODEL=${FULL_MODEL:-1}
 CONFIG=benches/models/qwen3-30b-a3b.toml
 CKPT=$WORK/ckpt-${LAYERS}l-seed$SEED
 
@@ -113,6 +114,10 @@ phase_mimo() {
     --warmup "$WARMUP" --json >"$WORK/mimo.json"
   log "mimo: $(summary "$WORK/mimo.json")"
   keep "$WORK/mimo.json"
+  if [[ $FULL_MODEL != 1 ]]; then
+    log "mimo: FULL_MODEL=$FULL_MODEL: no 48-layer run"
+    return 0
+  fi
   log "mimo: the full 48-layer model from in-memory random weights (seed $SEED)"
   "$MIMO" bench --model "$CONFIG" --random --seed "$SEED" --device cuda --tokens "$TOKENS" \
     --context "$CONTEXT" --warmup "$WARMUP" --json >"$WORK/mimo-full.json"

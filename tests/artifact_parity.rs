@@ -6,24 +6,10 @@ mod common;
 
 use std::path::Path;
 
-use common::{check_against_hf, hf_fixtures, mimo, mimo_compile, model_toml};
+use common::{check_against_hf, compile_artifact, hf_fixtures, mimo, model_toml};
 
 fn compile(model: &Path, out: &Path, workers: &str) {
-    let run = mimo_compile(&[
-        model.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--workers",
-        workers,
-        "--no-cubin",
-        "--quiet",
-    ]);
-    assert!(
-        run.status.success(),
-        "mimo-compile {}: {}",
-        model.display(),
-        String::from_utf8_lossy(&run.stderr)
-    );
+    compile_artifact(model, out, &["--workers", workers]);
     for file in [
         "manifest.toml",
         "decode.graph.json",

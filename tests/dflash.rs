@@ -8,11 +8,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use common::{ids, mimo, mimo_compile, mimo_json, read_json, rel_l2, rows};
-use half::bf16;
+use common::{ids, mimo, mimo_json, read_json, rel_l2, rows, write_draft};
 use mimo_ir::formats::WeightFormat;
 use mimo_ir::interp::F32Weights;
-use mimo_ir::model::dflash::{DraftSpec, draft_weights, random_draft_weights};
+use mimo_ir::model::dflash::DraftSpec;
 use mimo_runtime::dflash::{DFlashDrafter, DraftContext};
 use mimo_runtime::draft::load_draft;
 use mimo_runtime::engine::{CpuEngine, Engine};
@@ -113,60 +112,6 @@ fn write_builtin_draft(dir: &Path) {
         format: mimo_ir::formats::WeightFormat::Bf16,
     };
     write_draft(dir, &spec, 300);
-}
-
-/// A random DFlash draft of shape `spec` as a Hugging Face checkpoint (bf16).
-fn write_draft(dir: &Path, spec: &DraftSpec, vocab_size: usize) {
-    let store = random_draft_weights(spec, 23).unwrap();
-    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = draft_weights(spec)
-        .into_iter()
-        .map(|w| {
-            let bytes = store
-                .get(&w.name)
-                .unwrap()
-                .to_f32()
-                .iter()
-                .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
-                .collect();
-            (w.checkpoint_name, w.shape, bytes)
-        })
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
-        .iter()
-        .map(|(name, shape, bytes)| {
-            let view = safetensors::tensor::TensorView::new(
-                safetensors::Dtype::BF16,
-                shape.clone(),
-                bytes,
-            )
-            .unwrap();
-            (name.clone(), view)
-        })
-        .collect();
-    std::fs::create_dir_all(dir).unwrap();
-    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
-    let config = json!({
-        "architectures": ["DFlashDraftModel"],
-        "auto_map": {"AutoModel": "dflash.DFlashDraftModel"},
-        "block_size": spec.block_size,
-        "dflash_config": {"mask_token_id": spec.mask_token_id, "target_layer_ids": spec.target_layer_ids},
-        "dtype": "bfloat16",
-        "head_dim": spec.head_dim,
-        "hidden_act": "silu",
-        "hidden_size": spec.hidden_size,
-        "intermediate_size": spec.intermediate_size,
-        "layer_types": vec!["full_attention"; spec.num_layers],
-        "max_position_embeddings": spec.max_position_embeddings,
-        "model_type": "qwen3",
-        "num_attention_heads": spec.num_heads,
-        "num_hidden_layers": spec.num_layers,
-        "num_key_value_heads": spec.num_kv_heads,
-        "num_target_layers": spec.num_target_layers,
-        "rms_norm_eps": spec.rms_norm_eps,
-        "rope_theta": spec.rope_theta,
-        "vocab_size": vocab_size,
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
 }
 
 fn generate_args<'a>(extra: &[&'a str], new: &'a str) -> Vec<&'a str> {
@@ -336,21 +281,7 @@ fn write_long_model(dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 fn compile_artifact(model: &Path, out: &Path) {
-    let run = mimo_compile(&[
-        model.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--workers",
-        "3",
-        "--no-cubin",
-        "--quiet",
-    ]);
-    assert!(
-        run.status.success(),
-        "mimo-compile {}: {}",
-        model.display(),
-        String::from_utf8_lossy(&run.stderr)
-    );
+    common::compile_artifact(model, out, &["--workers", "3"]);
 }
 
 fn model_args<'a>(model: &'a Path, prompt: &'a str, new: &'a str) -> Vec<&'a str> {

@@ -152,6 +152,43 @@ impl TaskBytes {
     }
 }
 
+/// Which implementation of the boundary a device is: what `--device` names it, what its clock
+/// measures, how messages say where something ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// A real NVIDIA GPU.
+    Cuda,
+    /// The device emulator (`kernel.cu` on the CPU, with checks).
+    Emulator,
+}
+
+impl DeviceKind {
+    /// The `--device` value that selects it.
+    pub fn flag(self) -> &'static str {
+        match self {
+            DeviceKind::Cuda => "cuda",
+            DeviceKind::Emulator => "emu",
+        }
+    }
+
+    /// Where a step runs, for messages: "the GPU", "the device emulator".
+    pub fn place(self) -> &'static str {
+        match self {
+            DeviceKind::Cuda => "the GPU",
+            DeviceKind::Emulator => "the device emulator",
+        }
+    }
+
+    /// What [`Device::elapsed_ms`] measures: CUDA events on the GPU's own clock, or the host's
+    /// clock around each emulated launch (the emulator's times say nothing about a GPU's).
+    pub fn timing(self) -> &'static str {
+        match self {
+            DeviceKind::Cuda => "cuda-events",
+            DeviceKind::Emulator => "emulator-host-clock",
+        }
+    }
+}
+
 /// A point in a device's timeline (see [`Device::time_mark`]).
 pub struct TimeMark(pub Box<dyn std::any::Any + Send>);
 
@@ -159,6 +196,8 @@ pub struct TimeMark(pub Box<dyn std::any::Any + Send>);
 pub trait Device: Send + Sync {
     /// What the device is (SMs, shared memory, architecture).
     fn info(&self) -> &DeviceInfo;
+    /// A GPU or the emulator.
+    fn kind(&self) -> DeviceKind;
     /// Bytes of device memory still free.
     fn free_memory(&self) -> Result<usize>;
     /// A zeroed allocation of `bytes` (at least 1), 256-byte aligned; `what` names it in errors.

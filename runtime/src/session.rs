@@ -13,7 +13,7 @@ use mimo_ir::interp::F32Weights;
 
 use crate::builtin;
 use crate::cuda;
-use crate::device::Device;
+use crate::device::{Device, DeviceKind};
 use crate::emu::{EmuDevice, EmuOptions};
 use crate::engine::{CpuEngine, Engine, ScheduleEngine, TargetProgram};
 use crate::model::{LoadedModel, load_model};
@@ -37,8 +37,8 @@ impl DeviceChoice {
         match self {
             DeviceChoice::Auto => "auto",
             DeviceChoice::Cpu => "cpu",
-            DeviceChoice::Cuda => "cuda",
-            DeviceChoice::Emu => "emu",
+            DeviceChoice::Cuda => DeviceKind::Cuda.flag(),
+            DeviceChoice::Emu => DeviceKind::Emulator.flag(),
         }
     }
 }

@@ -226,18 +226,19 @@ std::string describe_address(u64 a) {
         if (al.base <= a) below = &al;
         else if (!above) above = &al;
     }
+    // Between two allocations, the nearer one is named (an index off by a little either way).
+    const u64 past = below ? a - (below->base + below->bytes) : ~0ull;
+    const u64 before = above ? above->base - a : ~0ull;
     if (below && a < below->base + below->bytes) {
         snprintf(buf, sizeof buf, "byte %llu of allocation `%s` (%s, %llu bytes)",
                  (unsigned long long)(a - below->base), below->name, kClassNames[below->cls],
                  (unsigned long long)below->bytes);
-    } else if (below && a - (below->base + below->bytes) < 65536) {
+    } else if (past < 65536 && past <= before) {
         snprintf(buf, sizeof buf, "%llu bytes past the end of allocation `%s` (%s, %llu bytes)",
-                 (unsigned long long)(a - below->base - below->bytes), below->name, kClassNames[below->cls],
-                 (unsigned long long)below->bytes);
-    } else if (above && above->base - a < 65536) {
-        snprintf(buf, sizeof buf, "%llu bytes before allocation `%s` (%s, %llu bytes)",
-                 (unsigned long long)(above->base - a), above->name, kClassNames[above->cls],
-                 (unsigned long long)above->bytes);
+                 (unsigned long long)past, below->name, kClassNames[below->cls], (unsigned long long)below->bytes);
+    } else if (before < 65536) {
+        snprintf(buf, sizeof buf, "%llu bytes before allocation `%s` (%s, %llu bytes)", (unsigned long long)before,
+                 above->name, kClassNames[above->cls], (unsigned long long)above->bytes);
     } else {
         snprintf(buf, sizeof buf, "no allocation");
     }

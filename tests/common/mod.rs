@@ -2,6 +2,8 @@
 //! device the device tests run on ([`test_device`]).
 #![allow(dead_code)]
 
+pub mod parity;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -81,6 +83,25 @@ pub fn mimo_compile(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("running mimo-compile")
+}
+
+/// `mimo-compile MODEL -o OUT --no-cubin --quiet EXTRA...`, which must succeed.
+pub fn compile_artifact(model: &Path, out: &Path, extra: &[&str]) {
+    let mut args = vec![
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--no-cubin",
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    let run = mimo_compile(&args);
+    assert!(
+        run.status.success(),
+        "mimo-compile {}: {}",
+        model.display(),
+        String::from_utf8_lossy(&run.stderr)
+    );
 }
 
 /// Writes a model.toml next to nothing but an absolute path to `hf_dir`, with expert and dense
@@ -202,8 +223,8 @@ pub fn small_dflash_pair(
 }
 
 /// The device the device tests run on, the one place they get it: with `MIMO_GPU_TESTS=1` the
-/// CUDA GPU (a missing or unusable one fails the test), otherwise the device emulator. While the
-/// emulator cannot start, `None`, with `skipped: <reason>` on stderr.
+/// CUDA GPU (a missing or unusable one fails the test), otherwise the device emulator. Where the
+/// emulator cannot start (no C++ compiler), `None`, with `skipped: <reason>` on stderr.
 pub fn test_device(test: &str) -> Option<Arc<dyn Device>> {
     if std::env::var("MIMO_GPU_TESTS").is_ok_and(|v| v == "1") {
         let info = cuda::probe(0)
@@ -216,16 +237,6 @@ pub fn test_device(test: &str) -> Option<Arc<dyn Device>> {
         });
         eprintln!("{test}: {}", dev.describe());
         return Some(dev);
-    }
-    // The megakernel does not pass on the emulator yet (its first report, on mixtral_t1: an
-    // intra-block shared-memory race in attention_partial, to confirm or fix), so CI skips these
-    // tests there, saying so, until it does; MIMO_EMU_TESTS=1 runs them on the emulator.
-    if !std::env::var("MIMO_EMU_TESTS").is_ok_and(|v| v == "1") {
-        eprintln!(
-            "skipped: {test}: the megakernel does not pass on the device emulator yet \
-             (MIMO_EMU_TESTS=1 runs it there, MIMO_GPU_TESTS=1 on a GPU)"
-        );
-        return None;
     }
     match EmuDevice::new(EmuOptions::from_env()) {
         Ok(dev) => {
@@ -243,9 +254,69 @@ pub fn test_device(test: &str) -> Option<Arc<dyn Device>> {
 
 /// The `mimo --device` value that runs on `dev` (from [`test_device`]).
 pub fn device_flag(dev: &Arc<dyn Device>) -> &'static str {
-    if dev.describe().starts_with("emu") {
-        "emu"
-    } else {
-        "cuda"
-    }
+    dev.kind().flag()
+}
+
+/// Whether `dev` is the emulator: the device tests then run CI-sized shapes (fewer workers,
+/// layers or tokens, each test says which), the same code paths at a fraction of the work.
+pub fn on_emulator(dev: &Arc<dyn Device>) -> bool {
+    dev.kind() == mimo_runtime::device::DeviceKind::Emulator
+}
+
+/// A random DFlash draft of shape `spec` as a Hugging Face checkpoint (bf16).
+pub fn write_draft(dir: &Path, spec: &mimo_ir::model::dflash::DraftSpec, vocab_size: usize) {
+    use half::bf16;
+    use mimo_ir::model::dflash::{draft_weights, random_draft_weights};
+    use serde_json::json;
+
+    let store = random_draft_weights(spec, 23).unwrap();
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = draft_weights(spec)
+        .into_iter()
+        .map(|w| {
+            let bytes = store
+                .get(&w.name)
+                .unwrap()
+                .to_f32()
+                .iter()
+                .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+                .collect();
+            (w.checkpoint_name, w.shape, bytes)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(name, shape, bytes)| {
+            let view = safetensors::tensor::TensorView::new(
+                safetensors::Dtype::BF16,
+                shape.clone(),
+                bytes,
+            )
+            .unwrap();
+            (name.clone(), view)
+        })
+        .collect();
+    std::fs::create_dir_all(dir).unwrap();
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+    let config = json!({
+        "architectures": ["DFlashDraftModel"],
+        "auto_map": {"AutoModel": "dflash.DFlashDraftModel"},
+        "block_size": spec.block_size,
+        "dflash_config": {"mask_token_id": spec.mask_token_id, "target_layer_ids": spec.target_layer_ids},
+        "dtype": "bfloat16",
+        "head_dim": spec.head_dim,
+        "hidden_act": "silu",
+        "hidden_size": spec.hidden_size,
+        "intermediate_size": spec.intermediate_size,
+        "layer_types": vec!["full_attention"; spec.num_layers],
+        "max_position_embeddings": spec.max_position_embeddings,
+        "model_type": "qwen3",
+        "num_attention_heads": spec.num_heads,
+        "num_hidden_layers": spec.num_layers,
+        "num_key_value_heads": spec.num_kv_heads,
+        "num_target_layers": spec.num_target_layers,
+        "rms_norm_eps": spec.rms_norm_eps,
+        "rope_theta": spec.rope_theta,
+        "vocab_size": vocab_size,
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
 }

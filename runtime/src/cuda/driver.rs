@@ -26,7 +26,7 @@ use super::kernel::KernelImage;
 use super::probe::DeviceInfo;
 use super::{call, error_name, guarded};
 use crate::device::{
-    Device, DeviceFailure, DevicePtr, LaunchShape, LoadedKernel, MemClass, TimeMark,
+    Device, DeviceFailure, DeviceKind, DevicePtr, LaunchShape, LoadedKernel, MemClass, TimeMark,
 };
 
 /// The largest by-value parameter list a launch may pass (CUDA's classic 4 KiB limit).
@@ -143,6 +143,10 @@ impl Drop for PooledEvent {
 impl Device for CudaDevice {
     fn info(&self) -> &DeviceInfo {
         &self.info
+    }
+
+    fn kind(&self) -> DeviceKind {
+        DeviceKind::Cuda
     }
 
     fn free_memory(&self) -> Result<usize> {

@@ -20,7 +20,7 @@ use super::launch::LaunchOptions;
 use super::megakernel::Megakernel;
 use super::programs::{CudaPrograms, KernelSource};
 use super::shared::DeviceContext;
-use crate::device::Device;
+use crate::device::{Device, TaskBytes};
 use crate::engine::{Engine, ProgramEngine, TargetProgram};
 
 pub use super::kernel::KernelImage;
@@ -78,6 +78,9 @@ pub struct DecodeTiming {
     pub stream_ms_per_step: f64,
     /// Steps through [`Engine::step`] (host feeds the token, waits for the id), wall clock, ms.
     pub host_ms_per_step: f64,
+    /// What the timed steps read, per task and memory class, where the device counts it (the
+    /// emulator): divide by `launches` for one step's bytes.
+    pub read_bytes: Option<TaskBytes>,
 }
 
 impl CudaEngine {
@@ -226,6 +229,8 @@ impl CudaEngine {
                 .map(|_| k.time_mark())
                 .collect::<Result<Vec<_>>>()?,
         );
+        // Counters restart here, so they hold the timed steps alone (all at position `context`).
+        drop(k.dev.take_task_bytes());
         let mut marks = Vec::with_capacity(2 * steps);
         for _ in 0..steps {
             marks.push(k.time_mark()?);
@@ -234,6 +239,7 @@ impl CudaEngine {
             k.copy_within_arena(next, tok, 1)?;
         }
         k.synchronize()?;
+        let read_bytes = k.dev.take_task_bytes();
         let mut step_ms = Vec::with_capacity(steps);
         for i in 0..steps {
             step_ms.push(k.elapsed_ms(&marks[2 * i], &marks[2 * i + 1])?);
@@ -255,6 +261,7 @@ impl CudaEngine {
             step_ms,
             stream_ms_per_step,
             host_ms_per_step,
+            read_bytes,
         })
     }
 }

@@ -96,7 +96,13 @@ impl Megakernel {
         outputs: &[&str],
     ) -> Result<HashMap<String, Tensor>> {
         let result = self.run_step_unnamed(inputs, outputs);
-        result.with_context(|| format!("running `{}` on the GPU", self.program.graph.name))
+        result.with_context(|| {
+            format!(
+                "running `{}` on {}",
+                self.program.graph.name,
+                self.dev.kind().place()
+            )
+        })
     }
 
     fn run_step_unnamed(

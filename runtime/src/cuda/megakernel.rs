@@ -22,7 +22,7 @@ use super::kernel::{KERNEL_NAME, KernelImage, check_launchable};
 use super::launch::LaunchOptions;
 use super::probe::DeviceInfo;
 use super::shared::{DeviceContext, DeviceKv};
-use crate::device::{Device, DeviceBuffer, LoadedKernel, MemClass};
+use crate::device::{Device, DeviceBuffer, LoadedKernel, MemClass, TaskBytes};
 
 /// The persistent megakernel of one program, ready to run steps.
 pub struct Megakernel {
@@ -217,6 +217,25 @@ impl Megakernel {
 
     pub fn program(&self) -> &Program {
         &self.program
+    }
+
+    /// `bytes` (counted per kernel task index) summed per fused op, by op name, in the
+    /// program's op order.
+    pub fn bytes_by_op(&self, bytes: &TaskBytes) -> Vec<(String, [u64; 6])> {
+        let mut per_op = vec![[0u64; 6]; self.program.ops.len()];
+        for (index, row) in bytes.per_task.iter().enumerate() {
+            let Some(&task) = self.tables.task_ids.get(index) else {
+                continue;
+            };
+            let op = &mut per_op[self.program.tasks[task].op];
+            op.iter_mut().zip(row).for_each(|(sum, b)| *sum += b);
+        }
+        self.program
+            .ops
+            .iter()
+            .zip(per_op)
+            .map(|(op, b)| (op.name.clone(), b))
+            .collect()
     }
 
     /// How the kernel was obtained (the artifact's CUBIN, NVRTC, the emulator's build).

@@ -138,11 +138,12 @@ impl<K: Eq + Hash + Clone + Debug> CudaPrograms<K> {
                 .with_context(|| format!("compiling `{}` for {key:?}", graph.name))?;
             let image = self.source.image(&self.spec, &program)?;
             let name = graph.name.clone();
+            let place = self.shared.device.kind().place();
             let kernel = self
                 .kernel(program, &image)
-                .with_context(|| format!("loading `{name}` ({key:?}) on the GPU"))?;
+                .with_context(|| format!("loading `{name}` ({key:?}) on {place}"))?;
             tracing::debug!(
-                "`{name}` on the GPU in {:.3} s ({})",
+                "`{name}` on {place} in {:.3} s ({})",
                 started.elapsed().as_secs_f64(),
                 kernel.kernel_note()
             );

@@ -21,7 +21,8 @@ use anyhow::{Result, anyhow, bail};
 use crate::cuda::kernel::KernelImage;
 use crate::cuda::probe::DeviceInfo;
 use crate::device::{
-    Device, DeviceFailure, DevicePtr, LaunchShape, LoadedKernel, MemClass, TaskBytes, TimeMark,
+    Device, DeviceFailure, DeviceKind, DevicePtr, LaunchShape, LoadedKernel, MemClass, TaskBytes,
+    TimeMark,
 };
 
 /// How the emulator runs a launch.
@@ -128,6 +129,10 @@ impl State {
 impl Device for EmuDevice {
     fn info(&self) -> &DeviceInfo {
         &self.info
+    }
+
+    fn kind(&self) -> DeviceKind {
+        DeviceKind::Emulator
     }
 
     fn describe(&self) -> String {

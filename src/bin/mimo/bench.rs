@@ -6,13 +6,16 @@
 //! back on the device, so the host is not in the timed loop); the reported step time is the
 //! median. Without a GPU the reference interpreter is timed with the host clock, and the output
 //! says so (`"timing": "host-clock"`, `"backend": "cpu-interpreter"`): those numbers are for
-//! testing the command, not for comparison.
+//! testing the command, not for comparison. On the device emulator (`--device emu`) the
+//! megakernel runs with the host's clock (`"timing": "emulator-host-clock"`), and the bytes the
+//! emulator counted the timed steps reading are printed beside `report.md`'s count ([`reads`]).
 //!
 //! `--dflash` times DFlash speculative decoding's parts instead ([`dflash`]): the target's
 //! multi-token verify step at several block sizes, the experts each block routes to, the draft
 //! step, and the tokens/s they project to at a given acceptance.
 
 mod dflash;
+mod reads;
 mod routing;
 
 use std::path::PathBuf;
@@ -120,6 +123,8 @@ struct Measured {
     step_ms: Vec<f64>,
     extra: Vec<(&'static str, Value)>,
     copy_bandwidth_gbs: f64,
+    /// What the device counted the timed steps reading (the emulator).
+    reads: Option<reads::Reads>,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -168,7 +173,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "seconds": started.elapsed().as_secs_f64(),
     });
     let obj = out.as_object_mut().expect("an object");
-    for (k, v) in measured.extra {
+    for (k, v) in measured
+        .extra
+        .into_iter()
+        .chain(measured.reads.iter().flat_map(reads::Reads::json))
+    {
         obj.insert(k.to_string(), v);
     }
     if args.json {
@@ -196,6 +205,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         measured.copy_bandwidth_gbs,
         bytes / (measured.copy_bandwidth_gbs * 1e6)
     );
+    for line in measured.reads.iter().flat_map(reads::Reads::lines) {
+        println!("{line}");
+    }
     Ok(())
 }
 
@@ -335,15 +347,15 @@ fn bench_cuda(args: &BenchArgs, model: &Model, dev: &Arc<dyn Device>) -> Result<
     let device = engine.device();
     let timing = engine.bench_decode(args.context, args.tokens, args.warmup)?;
     let copy = engine.kernel().copy_bandwidth_gbs()?;
+    let counted = step_bytes(&model.spec, 1, args.context);
+    let reads = timing
+        .read_bytes
+        .as_ref()
+        .map(|b| reads::Reads::new(b, engine.kernel().bytes_by_op(b), &counted));
     Ok(Measured {
         device,
         backend: "cuda-megakernel",
-        // The emulator's time marks are the host's clock around each emulated launch.
-        timing: if dev.describe().starts_with("emu") {
-            "emulator-host-clock"
-        } else {
-            "cuda-events"
-        },
+        timing: dev.kind().timing(),
         extra: vec![
             ("stream_ms_per_step", json!(timing.stream_ms_per_step)),
             ("host_ms_per_step", json!(timing.host_ms_per_step)),
@@ -355,6 +367,7 @@ fn bench_cuda(args: &BenchArgs, model: &Model, dev: &Arc<dyn Device>) -> Result<
         ],
         step_ms: timing.step_ms,
         copy_bandwidth_gbs: copy,
+        reads,
     })
 }
 
@@ -388,6 +401,7 @@ fn bench_cpu(args: &BenchArgs, model: &Model) -> Result<Measured> {
         step_ms,
         extra: vec![],
         copy_bandwidth_gbs: host_copy_bandwidth_gbs(),
+        reads: None,
     })
 }
 
