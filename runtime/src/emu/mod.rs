@@ -64,10 +64,16 @@ struct HostAllocation {
 struct State {
     allocations: BTreeMap<u64, HostAllocation>,
     kernels: Vec<Arc<ffi::KernelLibrary>>,
+    /// Per kernel: the dynamic shared memory a launch may pass (CUDA's 48 KB until the kernel
+    /// opts in with [`Device::allow_dynamic_smem`]).
+    dynamic_smem_allowed: Vec<u32>,
     launches: u64,
     task_bytes: Vec<u64>,
     counted_launches: u64,
 }
+
+/// The dynamic shared memory a kernel may take before it opts in for more (CUDA's rule).
+const DEFAULT_DYNAMIC_SMEM: u32 = 48 * 1024;
 
 /// The emulated device (an sm_90a-like GPU whose kernels run on the CPU).
 pub struct EmuDevice {
@@ -225,6 +231,7 @@ impl Device for EmuDevice {
         let static_smem = library.static_smem as usize;
         let mut s = self.state();
         s.kernels.push(Arc::new(library));
+        s.dynamic_smem_allowed.push(DEFAULT_DYNAMIC_SMEM);
         Ok(LoadedKernel {
             handle: (s.kernels.len() - 1) as u64,
             note,
@@ -241,6 +248,11 @@ impl Device for EmuDevice {
                 self.info.max_shared_per_block
             );
         }
+        let mut s = self.state();
+        let Some(allowed) = s.dynamic_smem_allowed.get_mut(kernel.handle as usize) else {
+            bail!("no kernel {}", kernel.handle);
+        };
+        *allowed = (*allowed).max(bytes);
         Ok(())
     }
 
@@ -280,6 +292,16 @@ impl Device for EmuDevice {
         if shape.dynamic_smem as usize + kernel.static_smem > self.info.max_shared_per_block {
             return Err(DeviceFailure::Other(format!(
                 "{} bytes of dynamic shared memory: more than a block may use",
+                shape.dynamic_smem
+            )));
+        }
+        let allowed = s.dynamic_smem_allowed[kernel.handle as usize];
+        if shape.dynamic_smem > allowed {
+            // What a GPU's launch refuses (CUDA_ERROR_INVALID_VALUE).
+            return Err(DeviceFailure::Other(format!(
+                "{} bytes of dynamic shared memory, above the {allowed} the kernel allows: above \
+                 48 KB a kernel must opt in first (cuFuncSetAttribute \
+                 MAX_DYNAMIC_SHARED_SIZE_BYTES, Device::allow_dynamic_smem)",
                 shape.dynamic_smem
             )));
         }
@@ -415,6 +437,17 @@ extern "C" __global__ void mimo_megakernel(const __grid_constant__ KernelParams 
 "#;
 
     fn run(mode: u32, seed: Option<u64>) -> (Result<(), DeviceFailure>, Vec<f32>) {
+        run_with(mode, seed, 0, false)
+    }
+
+    /// `run`, launching with `dynamic_smem` bytes of dynamic shared memory, after opting in for
+    /// them when `opt_in`.
+    fn run_with(
+        mode: u32,
+        seed: Option<u64>,
+        dynamic_smem: u32,
+        opt_in: bool,
+    ) -> (Result<(), DeviceFailure>, Vec<f32>) {
         let dev = EmuDevice::new(EmuOptions { seed }).unwrap();
         let input: Vec<u8> = (0..128).flat_map(|i| (i as f32).to_le_bytes()).collect();
         let inp = dev.alloc(input.len(), MemClass::Activations, "in").unwrap();
@@ -435,9 +468,12 @@ extern "C" __global__ void mimo_megakernel(const __grid_constant__ KernelParams 
         let shape = LaunchShape {
             blocks: 2,
             threads: 64,
-            dynamic_smem: 0,
+            dynamic_smem,
             cooperative: true,
         };
+        if opt_in {
+            dev.allow_dynamic_smem(&k, dynamic_smem).unwrap();
+        }
         let r = dev.launch(&k, shape, &params);
         let mut bytes = vec![0u8; 16];
         dev.copy_to_host(out, &mut bytes).unwrap();
@@ -464,6 +500,18 @@ extern "C" __global__ void mimo_megakernel(const __grid_constant__ KernelParams 
             // every column of B is (1, 2, 1, 2, ...), so D[0][0] = D[0][1] = 12.
             assert_eq!(out, vec![2016.0, 6112.0, 1212.0, 1212.0], "seed {seed:?}");
         }
+    }
+
+    #[test]
+    fn dynamic_shared_memory_above_48_kb_needs_the_opt_in() {
+        run_with(0, None, 48 * 1024, false).0.unwrap();
+        match run_with(0, None, 64 * 1024, false).0 {
+            Err(DeviceFailure::Other(m)) => assert!(m.contains("must opt in"), "{m}"),
+            other => panic!("a launch above 48 KB without the opt-in ran: {other:?}"),
+        }
+        let (r, out) = run_with(0, None, 64 * 1024, true);
+        r.unwrap();
+        assert_eq!(out[0], 2016.0);
     }
 
     #[test]
