@@ -106,10 +106,11 @@ fn default_splits(graph: &Graph, workers: usize) -> usize {
 }
 
 /// Vocabulary chunk per lm_head tile: the vocabulary over the workers, a multiple of 16 (one
-/// tensor-core tile of rows), and at most half the vocabulary where that leaves a whole tile:
-/// the per-chunk argmax joins the lm_head as its epilogue only while it leaves the lm_head at
-/// least two tiles (see `fuse::try_epilogue`), so a single chunk (one worker, or a vocabulary
-/// smaller than the workers' share) would leave it without a device function.
+/// tensor-core tile of rows), and at most half the vocabulary where that leaves a whole tile
+/// (half the vocabulary, whatever its size, under 32 tokens): the per-chunk argmax joins the
+/// lm_head as its epilogue only while it leaves the lm_head at least two tiles (see
+/// `fuse::try_epilogue`), so a single chunk (one worker, or a vocabulary smaller than the
+/// workers' share) would leave it without a device function.
 fn default_argmax_chunk(graph: &Graph, workers: usize) -> usize {
     let vocab = graph
         .output("logits")
@@ -120,7 +121,8 @@ fn default_argmax_chunk(graph: &Graph, workers: usize) -> usize {
     if half >= 16 {
         per_worker.min(half)
     } else {
-        per_worker
+        // Under 32 tokens: chunks of half the vocabulary, so there are still two to fuse.
+        (vocab / 2).max(1)
     }
 }
 
@@ -163,7 +165,7 @@ mod tests {
     /// argmax in a group of its own, which no template implements.
     #[test]
     fn the_argmax_fuses_into_the_lm_head_for_any_vocabulary_and_worker_count() {
-        for vocab in [32, 97, 288, 300, 320, 384, 1000] {
+        for vocab in [2, 15, 16, 17, 24, 31, 32, 97, 288, 300, 320, 384, 1000] {
             for workers in [1, 2, 7, 32, 132] {
                 let spec = ModelSpec {
                     vocab_size: vocab,
