@@ -5,15 +5,15 @@
 // after the events it waits for have reached this step's counts, and increments the task's
 // trigger events when done.
 //
-// generated.cuh (written per model by the compiler; templates/generated.example.cuh is an
-// example) defines, and the templates rely on nothing else from it:
+// generated.cuh (written per program by the compiler: `generated_header` in
+// compiler/src/codegen.rs; an artifact's kernel.cu starts with it) defines, and the templates
+// rely on nothing else from it:
 //   MIMO_THREADS       threads per block (256)
 //   MIMO_TOKENS        T, tokens per step (1..16), compile-time so register tiles can be sized
-//   MIMO_MAX_K         largest projection reduction length (unused here; sizes MIMO_SMEM_BYTES)
 //   MIMO_MAX_HEAD_DIM  largest head_dim (even, <= 256)
 //   MIMO_MAX_TOP_K     largest experts per token
 //   MIMO_MAX_EXPERTS   largest router width E
-//   MIMO_SMEM_BYTES    dynamic shared memory the host passes at launch (formula in the example)
+//   MIMO_SMEM_BYTES    dynamic shared memory the host passes at launch (`shared_memory_bytes`)
 //
 // Launch: grid = workers (never more than can be co-resident: one block per SM), block =
 // MIMO_THREADS, dynamic shared memory = MIMO_SMEM_BYTES (the kernel adds 160 bytes of static

@@ -1,5 +1,5 @@
 //! DFlash speculative decoding end to end: the draft's forward pass against the Python reference
-//! of `tests/fixtures/dflash/` (written from REFERENCE.md §3), and `mimo generate --draft` /
+//! of `tests/fixtures/dflash/` (written from the DFlash paper), and `mimo generate --draft` /
 //! `[speculative]` giving exactly the tokens of plain greedy decoding, on the reference
 //! interpreter and, for artifacts `mimo-compile` wrote, on the CPU schedule executor.
 

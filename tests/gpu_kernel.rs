@@ -854,7 +854,7 @@ fn gpu_fixtures_match_the_interpreter_for_64_greedy_tokens() {
     }
 }
 
-/// Qwen3-30B-A3B's shape (REFERENCE.md §1) with `layers` layers, MXFP4 experts, bf16 elsewhere.
+/// Qwen3-30B-A3B's shape with `layers` layers, MXFP4 experts, bf16 elsewhere.
 fn qwen3_30b(layers: usize) -> ModelSpec {
     ModelSpec {
         num_layers: layers,

@@ -39,18 +39,6 @@ pub fn generated_header(spec: &ModelSpec, program: &Program) -> String {
     // A DFlash draft program has its own head shapes and projections (its context features,
     // its dense MLP): the limits cover the program's graph as well as the model.
     let attention = attention_shapes(program);
-    let max_k = program
-        .graph
-        .nodes_of(|k| matches!(k, NodeKind::Weight))
-        .filter(|(_, n)| n.outputs[0].rank() == 2)
-        .map(|(_, n)| n.outputs[0].shape[1])
-        .chain([
-            spec.hidden_size,
-            spec.q_dim(),
-            spec.expert_intermediate_size,
-        ])
-        .max()
-        .unwrap_or(1);
     let head_dim = attention
         .iter()
         .map(|a| a.head_dim)
@@ -74,7 +62,6 @@ pub fn generated_header(spec: &ModelSpec, program: &Program) -> String {
     for (name, value) in [
         ("MIMO_THREADS", THREADS),
         ("MIMO_TOKENS", tokens),
-        ("MIMO_MAX_K", max_k),
         ("MIMO_MAX_HEAD_DIM", head_dim),
         ("MIMO_MAX_TOP_K", spec.experts_per_token),
         ("MIMO_MAX_EXPERTS", spec.num_experts),
@@ -85,9 +72,11 @@ pub fn generated_header(spec: &ModelSpec, program: &Program) -> String {
     s
 }
 
-/// Dynamic shared memory a worker block needs: the largest of the device functions' needs, by
-/// the formulas of `templates/generated.example.cuh` (activation tiles staged as bf16, per-warp
-/// accumulator scratch, the routing table, attention's per-head scratch).
+/// Dynamic shared memory a worker block needs: the largest of the device functions' needs
+/// (activation tiles staged as bf16, per-warp accumulator scratch, the routing table; attention's
+/// per-head scratch is `attention_shared_memory_bytes`). This is the one statement of the
+/// formula: the templates carve their shared memory in the same order, and a task that needs
+/// more than the launch passes stops the kernel with a diagnostic naming the bytes.
 pub fn shared_memory_bytes(spec: &ModelSpec, tokens: usize) -> usize {
     let up16 = |x: usize| x.div_ceil(16) * 16;
     let warps = THREADS / 32;

@@ -28,7 +28,7 @@ pub struct Machine {
 }
 
 impl Machine {
-    /// An H100 SXM as measured (REFERENCE.md §5): 132 SMs, about 3.0 TB/s, about 800 TFLOP/s bf16.
+    /// An H100 SXM: 132 SMs, about 3.0 TB/s, about 800 TFLOP/s bf16.
     pub fn h100() -> Machine {
         Machine {
             workers: 132,

@@ -1,4 +1,4 @@
-//! The op contract: what every IR op declares (see DESIGN.md, "IR op").
+//! The op contract: what every IR op declares (README, "Adding an IR op").
 //!
 //! An op lives in one file under `ir/src/ops/`, declared with `#[op(...)]` (which implements
 //! [`OpDecl`] and registers it) and an `impl Op` with its semantics: type inference, how its work
@@ -20,8 +20,6 @@ pub trait OpDecl {
     fn input_names(&self) -> &'static [&'static str];
     /// Result names, in order.
     fn output_names(&self) -> &'static [&'static str];
-    /// The CUDA template (`templates/ops/<name>.cuh`) that lowers this op, if it has one.
-    fn template(&self) -> Option<&'static str>;
     /// The attributes as a JSON object.
     fn attrs(&self) -> serde_json::Value;
     fn clone_op(&self) -> Arc<dyn Op>;

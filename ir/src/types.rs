@@ -9,7 +9,8 @@ use crate::formats::WeightFormat;
 /// Element type of an IR value.
 ///
 /// Activations are declared in the precision a kernel stores them in; the reference interpreter
-/// computes every float type in f32 (see DESIGN.md, "Precision") and integer types as i32.
+/// computes every float type in f32 (the oracle every backend is held to) and integer types as
+/// i32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DType {

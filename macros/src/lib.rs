@@ -5,7 +5,7 @@
 //!
 //! ```ignore
 //! /// RMSNorm over the last axis.
-//! #[op(name = "rms_norm", inputs(x, weight), outputs(y), template = "rms_norm")]
+//! #[op(name = "rms_norm", inputs(x, weight), outputs(y))]
 //! pub struct RmsNorm {
 //!     pub eps: f32,
 //! }
@@ -15,7 +15,7 @@
 //!
 //! The attribute generates what every op needs and no op should write by hand:
 //! - serde (de)serialisation of the attributes, so graphs dump to and load from JSON;
-//! - `impl OpDecl`: the op's name, operand and result names, and its CUDA template;
+//! - `impl OpDecl`: the op's name and its operand and result names;
 //! - one associated constant per operand and result (`RmsNorm::X`, `RmsNorm::WEIGHT`, `RmsNorm::Y`),
 //!   so code indexes operands by name, never by a bare number;
 //! - `OP_ENTRY`, the registry entry that `ir/build.rs` collects from every file in `ir/src/ops/`.
@@ -43,7 +43,6 @@ struct OpArgs {
     name: LitStr,
     inputs: Vec<Ident>,
     outputs: Vec<Ident>,
-    template: Option<LitStr>,
 }
 
 impl Parse for OpArgs {
@@ -51,19 +50,13 @@ impl Parse for OpArgs {
         let mut name = None;
         let mut inputs = None;
         let mut outputs = None;
-        let mut template = None;
         while !input.is_empty() {
             let key: Ident = input.parse()?;
             match key.to_string().as_str() {
-                "name" | "template" => {
+                "name" => {
                     input.parse::<Token![=]>()?;
                     let value: LitStr = input.parse()?;
-                    let slot = if key == "name" {
-                        &mut name
-                    } else {
-                        &mut template
-                    };
-                    if slot.replace(value).is_some() {
+                    if name.replace(value).is_some() {
                         return Err(syn::Error::new(key.span(), format!("`{key}` given twice")));
                     }
                 }
@@ -84,9 +77,7 @@ impl Parse for OpArgs {
                 other => {
                     return Err(syn::Error::new(
                         key.span(),
-                        format!(
-                            "unknown op argument `{other}` (expected name, inputs, outputs, template)"
-                        ),
+                        format!("unknown op argument `{other}` (expected name, inputs, outputs)"),
                     ));
                 }
             }
@@ -107,7 +98,6 @@ impl Parse for OpArgs {
             name: name.ok_or_else(|| missing("name = \"...\""))?,
             inputs: inputs.ok_or_else(|| missing("inputs(...)"))?,
             outputs,
-            template,
         })
     }
 }
@@ -131,10 +121,6 @@ fn expand(args: OpArgs, item: ItemStruct) -> syn::Result<TokenStream2> {
     let name = &args.name;
     let input_strs = args.inputs.iter().map(Ident::to_string);
     let output_strs = args.outputs.iter().map(Ident::to_string);
-    let template = match &args.template {
-        Some(t) => quote!(Some(#t)),
-        None => quote!(None),
-    };
     let operand_consts = |idents: &[Ident], what: &str| -> Vec<TokenStream2> {
         idents
             .iter()
@@ -177,9 +163,6 @@ fn expand(args: OpArgs, item: ItemStruct) -> syn::Result<TokenStream2> {
             }
             fn output_names(&self) -> &'static [&'static str] {
                 &[#(#output_strs),*]
-            }
-            fn template(&self) -> Option<&'static str> {
-                #template
             }
             fn attrs(&self) -> ::serde_json::Value {
                 ::serde_json::to_value(self).expect("op attributes serialise to JSON")

@@ -1,5 +1,6 @@
 //! DFlash speculative decoding over any [`Engine`] that captures hidden features
-//! (REFERENCE.md §3; the loop follows `dflash_generate` of z-lab/dflash `dflash/model.py`).
+//! (DFlash, arXiv 2602.06036; the loop follows `dflash_generate` of z-lab/dflash
+//! `dflash/model.py`).
 //!
 //! One step: the drafter proposes B - 1 tokens after the last committed one; the target verifies
 //! the block `[last, drafts...]` in one step (causal, after its cache), which also captures the

@@ -11,8 +11,8 @@
 //!   (`gate, up = linear(x, gate_up_proj[e]).chunk(2, dim=-1)`), and `...mlp.experts.down_proj`
 //!   `[E, H, I]`. Transposed variants are refused by shape rather than guessed at.
 //!
-//! Routed experts may also be stored pre-quantised as MXFP4 (REFERENCE.md §1, "FP4 expert
-//! tensors as stored"): per expert, `...{gate,up,down}_proj.weight` U8 `[out, in/2]` (two E2M1
+//! Routed experts may also be stored pre-quantised as MXFP4 (the OCP Microscaling format, as
+//! gpt-oss ships its experts): per expert, `...{gate,up,down}_proj.weight` U8 `[out, in/2]` (two E2M1
 //! codes per byte, element 2j in the low nibble of byte j) and `...weight_scale` U8 `[out, in/32]`
 //! (one E8M0 scale per 32 elements along the row), which is exactly [`Mxfp4Matrix`]'s layout. They
 //! are copied into [`WeightData::Mxfp4`] as they are: dequantising and re-quantising could only

@@ -5,7 +5,7 @@
 //!
 //! **The MXFP4 codes are the source of truth.** Every routed expert matrix is drawn as random
 //! E2M1 codes with E8M0 block scales; with `mxfp4_experts` they are written as they are (U8
-//! `weight` [out, in/2] + U8 `weight_scale` [out, in/32], REFERENCE.md §1), otherwise as the bf16
+//! `weight` [out, in/2] + U8 `weight_scale` [out, in/32], the layout `runtime/src/import.rs` reads), otherwise as the bf16
 //! values they decode to (exact: an E2M1 value times a power of two has at most two significant
 //! bits). Each block holds one element of magnitude 4 or 6, so its scale is the one the OCP rule
 //! picks for its values: quantising the bf16 checkpoint to MXFP4 gives back exactly the codes of

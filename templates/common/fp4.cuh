@@ -1,6 +1,6 @@
-// FP4 weights (shared/REFERENCE.md section 2): E2M1 codes packed two per byte (element 2j in the
-// low nibble of byte j), with MXFP4's E8M0 block scales (32 elements) or NVFP4's E4M3 block
-// scales (16 elements) and f32 tensor scale.
+// FP4 weights (OCP Microscaling MXFP4, NVIDIA NVFP4; decoded as ir/src/formats/ does): E2M1
+// codes packed two per byte (element 2j in the low nibble of byte j), with MXFP4's E8M0 block
+// scales (32 elements) or NVFP4's E4M3 block scales (16 elements) and f32 tensor scale.
 //
 // Scalar decodes return exact f32 values. The tensor-core path decodes two codes at once into a
 // bf16x2 register by placing the code's bits into the bf16 fields (Marlin-style):

@@ -2,7 +2,7 @@
 // - weights never change during a launch: read-only path (`ld.global.nc`), not kept in L1
 //   (they stream through once);
 // - activations and KV rows written by other blocks in this launch: L2 only (`ld.global.cg`),
-//   never a possibly stale L1 line (see shared/KERNELS.md);
+//   never a possibly stale L1 line (L1 is not coherent across SMs);
 // - shared memory by 32-bit shared-window addresses.
 //
 // Under MIMO_EMU (the device emulator, templates/emu/) each wrapper calls the emulator's model of

@@ -1,4 +1,4 @@
-// Events between blocks (shared/KERNELS.md): monotonic u32 counters in global memory.
+// Events between blocks: monotonic u32 counters in global memory.
 // - A consumer block waits until a counter reaches its expected count: one thread spins with
 //   acquire loads and exponential __nanosleep back-off, bounded by %globaltimer; then
 //   __syncthreads() lets the whole block go on. Activations the producers wrote must then be

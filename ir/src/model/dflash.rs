@@ -1,4 +1,4 @@
-//! DFlash speculative decoding (REFERENCE.md §3; z-lab/dflash `dflash/model.py`): the draft
+//! DFlash speculative decoding (arXiv 2602.06036; z-lab/dflash `dflash/model.py`): the draft
 //! model's description ([`DraftSpec`]), its weight names, and the two graphs a speculative step
 //! runs besides acceptance: the target's verify graph and the draft graph ([`graph`]).
 //!

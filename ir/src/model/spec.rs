@@ -115,7 +115,7 @@ impl ModelSpec {
         }
     }
 
-    /// Qwen3-30B-A3B's shape (REFERENCE.md §1) as the benchmarks run it: MXFP4 experts, bf16
+    /// Qwen3-30B-A3B's shape (its Hugging Face `config.json`) as the benchmarks run it: MXFP4 experts, bf16
     /// elsewhere (`benches/models/qwen3-30b-a3b.toml`).
     pub fn qwen3_30b_a3b() -> ModelSpec {
         ModelSpec {

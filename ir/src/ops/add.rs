@@ -9,7 +9,7 @@ use crate::math::axis_region;
 use crate::op::{Access, Io, Op, expect_arity};
 use crate::{Tensor, TensorType};
 
-#[op(name = "add", inputs(a, b), outputs(y), template = "add")]
+#[op(name = "add", inputs(a, b), outputs(y))]
 pub struct Add {}
 
 impl Op for Add {
@@ -17,7 +17,9 @@ impl Op for Add {
         expect_arity(self, inputs)?;
         let (a, b) = (&inputs[Self::A], &inputs[Self::B]);
         if a.shape != b.shape || a.dtype.is_int() || b.dtype.is_int() || a.rank() == 0 {
-            return Err(format!("operands must be float tensors of one shape, got {a} and {b}"));
+            return Err(format!(
+                "operands must be float tensors of one shape, got {a} and {b}"
+            ));
         }
         Ok(vec![TensorType::f32(a.shape.clone())])
     }
@@ -29,7 +31,10 @@ impl Op for Add {
     fn access(&self, io: Io<'_>, units: Range<usize>) -> Access {
         let y = &io.outputs[Self::Y];
         let region = axis_region(y, y.rank() - 1, units);
-        Access { writes: vec![(Self::Y, region.clone())], reads: vec![(Self::A, region.clone()), (Self::B, region)] }
+        Access {
+            writes: vec![(Self::Y, region.clone())],
+            reads: vec![(Self::A, region.clone()), (Self::B, region)],
+        }
     }
 
     fn reference(&self, inputs: &[&Tensor], outputs: &mut [Tensor], units: Range<usize>) {

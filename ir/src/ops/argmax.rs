@@ -8,7 +8,7 @@ use crate::math::{argmax, rows_region};
 use crate::op::{Access, Io, Op, expect_arity};
 use crate::{DType, Tensor, TensorType};
 
-#[op(name = "argmax", inputs(logits), outputs(ids), template = "argmax")]
+#[op(name = "argmax", inputs(logits), outputs(ids))]
 pub struct Argmax {}
 
 impl Op for Argmax {

@@ -9,7 +9,7 @@ use crate::math::rows_region;
 use crate::op::{Access, Io, Op, expect_arity};
 use crate::{DType, Tensor, TensorType};
 
-#[op(name = "argmax_combine", inputs(values, ids), outputs(next), template = "lm_head")]
+#[op(name = "argmax_combine", inputs(values, ids), outputs(next))]
 pub struct ArgmaxCombine {}
 
 impl Op for ArgmaxCombine {
@@ -17,7 +17,9 @@ impl Op for ArgmaxCombine {
         expect_arity(self, inputs)?;
         let (v, i) = (&inputs[Self::VALUES], &inputs[Self::IDS]);
         if v.rank() != 2 || v.dtype.is_int() || i.shape != v.shape || i.dtype != DType::I32 {
-            return Err(format!("values must be float [tokens, chunks] and ids i32 of the same shape, got {v} and {i}"));
+            return Err(format!(
+                "values must be float [tokens, chunks] and ids i32 of the same shape, got {v} and {i}"
+            ));
         }
         Ok(vec![TensorType::new([v.shape[0]], DType::I32)])
     }
@@ -30,7 +32,10 @@ impl Op for ArgmaxCombine {
         Access {
             writes: vec![(Self::NEXT, vec![units.clone()])],
             reads: vec![
-                (Self::VALUES, rows_region(&io.inputs[Self::VALUES], units.clone())),
+                (
+                    Self::VALUES,
+                    rows_region(&io.inputs[Self::VALUES], units.clone()),
+                ),
                 (Self::IDS, rows_region(&io.inputs[Self::IDS], units)),
             ],
         }

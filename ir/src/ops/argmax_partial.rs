@@ -11,7 +11,7 @@ use crate::{DType, Tensor, TensorType};
 
 /// Unit `c` covers logits `c*chunk .. min((c+1)*chunk, vocab)`; results: the chunk's largest
 /// logit (f32 [tokens, chunks]) and its vocabulary index (i32 [tokens, chunks]), the first on ties.
-#[op(name = "argmax_partial", inputs(logits), outputs(values, ids), template = "lm_head")]
+#[op(name = "argmax_partial", inputs(logits), outputs(values, ids))]
 pub struct ArgmaxPartial {
     pub chunk: usize,
 }
@@ -27,7 +27,10 @@ impl Op for ArgmaxPartial {
             return Err("chunk must be at least 1".into());
         }
         let chunks = l.shape[1].div_ceil(self.chunk);
-        Ok(vec![TensorType::f32([l.shape[0], chunks]), TensorType::new([l.shape[0], chunks], DType::I32)])
+        Ok(vec![
+            TensorType::f32([l.shape[0], chunks]),
+            TensorType::new([l.shape[0], chunks], DType::I32),
+        ])
     }
 
     fn work_units(&self, io: Io<'_>) -> usize {
@@ -39,7 +42,10 @@ impl Op for ArgmaxPartial {
         let cols = units.start * self.chunk..(units.end * self.chunk).min(vocab);
         Access {
             writes: vec![
-                (Self::VALUES, axis_region(&io.outputs[Self::VALUES], 1, units.clone())),
+                (
+                    Self::VALUES,
+                    axis_region(&io.outputs[Self::VALUES], 1, units.clone()),
+                ),
                 (Self::IDS, axis_region(&io.outputs[Self::IDS], 1, units)),
             ],
             reads: vec![(Self::LOGITS, axis_region(&io.inputs[Self::LOGITS], 1, cols))],

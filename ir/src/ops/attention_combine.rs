@@ -10,7 +10,7 @@ use crate::{Tensor, TensorType};
 
 /// `y = sum_s exp(m_s - M) acc_s / sum_s exp(m_s - M) l_s` with `M = max_s m_s`, per token and
 /// head. Tiles split the heads.
-#[op(name = "attention_combine", inputs(acc, ml), outputs(y), template = "attention")]
+#[op(name = "attention_combine", inputs(acc, ml), outputs(y))]
 pub struct AttentionCombine {}
 
 impl Op for AttentionCombine {
@@ -18,12 +18,25 @@ impl Op for AttentionCombine {
         expect_arity(self, inputs)?;
         let (acc, ml) = (&inputs[Self::ACC], &inputs[Self::ML]);
         if acc.rank() != 4 || acc.dtype.is_int() {
-            return Err(format!("acc must be float [tokens, heads, splits, head_dim], got {acc}"));
+            return Err(format!(
+                "acc must be float [tokens, heads, splits, head_dim], got {acc}"
+            ));
         }
-        if ml.rank() != 4 || ml.shape[..3] != acc.shape[..3] || ml.shape[3] != 2 || ml.dtype.is_int() {
-            return Err(format!("ml must be float [{}, {}, {}, 2], got {ml}", acc.shape[0], acc.shape[1], acc.shape[2]));
+        if ml.rank() != 4
+            || ml.shape[..3] != acc.shape[..3]
+            || ml.shape[3] != 2
+            || ml.dtype.is_int()
+        {
+            return Err(format!(
+                "ml must be float [{}, {}, {}, 2], got {ml}",
+                acc.shape[0], acc.shape[1], acc.shape[2]
+            ));
         }
-        Ok(vec![TensorType::f32([acc.shape[0], acc.shape[1], acc.shape[3]])])
+        Ok(vec![TensorType::f32([
+            acc.shape[0],
+            acc.shape[1],
+            acc.shape[3],
+        ])])
     }
 
     fn work_units(&self, io: Io<'_>) -> usize {
@@ -34,7 +47,10 @@ impl Op for AttentionCombine {
         Access {
             writes: vec![(Self::Y, axis_region(&io.outputs[Self::Y], 1, units.clone()))],
             reads: vec![
-                (Self::ACC, axis_region(&io.inputs[Self::ACC], 1, units.clone())),
+                (
+                    Self::ACC,
+                    axis_region(&io.inputs[Self::ACC], 1, units.clone()),
+                ),
                 (Self::ML, axis_region(&io.inputs[Self::ML], 1, units)),
             ],
         }
@@ -47,7 +63,9 @@ impl Op for AttentionCombine {
         for t in 0..tokens {
             for h in units.clone() {
                 let base = (t * heads + h) * splits;
-                let m = (0..splits).map(|s| ml[(base + s) * 2]).fold(f32::NEG_INFINITY, f32::max);
+                let m = (0..splits)
+                    .map(|s| ml[(base + s) * 2])
+                    .fold(f32::NEG_INFINITY, f32::max);
                 let out = &mut y[(t * heads + h) * hd..][..hd];
                 out.fill(0.0);
                 let mut l = 0.0;

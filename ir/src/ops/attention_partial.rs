@@ -5,9 +5,9 @@ use std::ops::Range;
 
 use mimo_macros::op;
 
+use super::attention::check_attention_operands;
 use crate::math::{axis_region, dot};
 use crate::op::{Access, Cost, Io, Op, expect_arity, whole};
-use super::attention::check_attention_operands;
 use crate::{Tensor, TensorType};
 
 /// For query `t` the context is `0..=positions[t]` (length `L`); split `s` covers rows
@@ -18,7 +18,11 @@ use crate::{Tensor, TensorType};
 /// Results: `acc` [tokens, heads, splits, head_dim] = `sum_j exp(s_j - m) v_j` and `ml`
 /// [tokens, heads, splits, 2] = (`m` = the part's largest score, `l` = `sum_j exp(s_j - m)`);
 /// an empty part has `m = -inf`, `l = 0`.
-#[op(name = "attention_partial", inputs(q, k_cache, v_cache, positions), outputs(acc, ml), template = "attention")]
+#[op(
+    name = "attention_partial",
+    inputs(q, k_cache, v_cache, positions),
+    outputs(acc, ml)
+)]
 pub struct AttentionPartial {
     pub scale: f32,
     pub splits: usize,
@@ -39,12 +43,20 @@ impl Op for AttentionPartial {
     fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
         expect_arity(self, inputs)?;
         let q = &inputs[Self::Q];
-        check_attention_operands(q, &inputs[Self::K_CACHE], &inputs[Self::V_CACHE], &inputs[Self::POSITIONS])?;
+        check_attention_operands(
+            q,
+            &inputs[Self::K_CACHE],
+            &inputs[Self::V_CACHE],
+            &inputs[Self::POSITIONS],
+        )?;
         if self.splits == 0 {
             return Err("splits must be at least 1".into());
         }
         let (t, h, d) = (q.shape[0], q.shape[1], q.shape[2]);
-        Ok(vec![TensorType::f32([t, h, self.splits, d]), TensorType::f32([t, h, self.splits, 2])])
+        Ok(vec![
+            TensorType::f32([t, h, self.splits, d]),
+            TensorType::f32([t, h, self.splits, 2]),
+        ])
     }
 
     fn work_units(&self, io: Io<'_>) -> usize {
@@ -60,23 +72,47 @@ impl Op for AttentionPartial {
         // One box per KV head the tile touches: its query heads, and its run of splits.
         let (first, last) = (units.start / self.splits, (units.end - 1) / self.splits);
         for kvh in first..=last {
-            let s0 = if kvh == first { units.start % self.splits } else { 0 };
-            let s1 = if kvh == last { (units.end - 1) % self.splits + 1 } else { self.splits };
-            for (out, ty) in [(Self::ACC, &io.outputs[Self::ACC]), (Self::ML, &io.outputs[Self::ML])] {
+            let s0 = if kvh == first {
+                units.start % self.splits
+            } else {
+                0
+            };
+            let s1 = if kvh == last {
+                (units.end - 1) % self.splits + 1
+            } else {
+                self.splits
+            };
+            for (out, ty) in [
+                (Self::ACC, &io.outputs[Self::ACC]),
+                (Self::ML, &io.outputs[Self::ML]),
+            ] {
                 let mut region = whole(ty);
                 region[1] = kvh * g..(kvh + 1) * g;
                 region[2] = s0..s1;
                 access.writes.push((out, region));
             }
-            access.reads.push((Self::Q, axis_region(&io.inputs[Self::Q], 1, kvh * g..(kvh + 1) * g)));
-            access.reads.push((Self::K_CACHE, axis_region(&io.inputs[Self::K_CACHE], 1, kvh..kvh + 1)));
-            access.reads.push((Self::V_CACHE, axis_region(&io.inputs[Self::V_CACHE], 1, kvh..kvh + 1)));
+            access.reads.push((
+                Self::Q,
+                axis_region(&io.inputs[Self::Q], 1, kvh * g..(kvh + 1) * g),
+            ));
+            access.reads.push((
+                Self::K_CACHE,
+                axis_region(&io.inputs[Self::K_CACHE], 1, kvh..kvh + 1),
+            ));
+            access.reads.push((
+                Self::V_CACHE,
+                axis_region(&io.inputs[Self::V_CACHE], 1, kvh..kvh + 1),
+            ));
         }
         access
     }
 
     fn reference(&self, inputs: &[&Tensor], outputs: &mut [Tensor], units: Range<usize>) {
-        let (q, k, v) = (inputs[Self::Q], inputs[Self::K_CACHE].f32(), inputs[Self::V_CACHE].f32());
+        let (q, k, v) = (
+            inputs[Self::Q],
+            inputs[Self::K_CACHE].f32(),
+            inputs[Self::V_CACHE].f32(),
+        );
         let pos = inputs[Self::POSITIONS].i32();
         let (tokens, heads, hd) = (q.shape[0], q.shape[1], q.shape[2]);
         let kvh_n = inputs[Self::K_CACHE].shape[1];
@@ -91,8 +127,10 @@ impl Op for AttentionPartial {
                 let rows = self.split_rows(pos[t] as usize + 1, s);
                 for h in kvh * g..(kvh + 1) * g {
                     let qv = &q[(t * heads + h) * hd..][..hd];
-                    let scores: Vec<f32> =
-                        rows.clone().map(|j| dot(qv, &k[(j * kvh_n + kvh) * hd..][..hd]) * self.scale).collect();
+                    let scores: Vec<f32> = rows
+                        .clone()
+                        .map(|j| dot(qv, &k[(j * kvh_n + kvh) * hd..][..hd]) * self.scale)
+                        .collect();
                     let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     let slot = (t * heads + h) * splits + s;
                     let out = &mut acc[slot * hd..][..hd];
@@ -121,7 +159,9 @@ impl Op for AttentionPartial {
         let g = Self::group(io) as f64;
         let n = units.len() as f64;
         Cost {
-            bytes: n * (2.0 * ctx / self.splits as f64 * hd * k.dtype.bytes_per_element() + t * g * hd * 8.0),
+            bytes: n
+                * (2.0 * ctx / self.splits as f64 * hd * k.dtype.bytes_per_element()
+                    + t * g * hd * 8.0),
             flops: n * t * g * 4.0 * ctx / self.splits as f64 * hd,
         }
     }

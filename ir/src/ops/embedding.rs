@@ -10,7 +10,7 @@ use crate::{DType, Tensor, TensorType};
 
 /// Gathers one row of the table per token id. Ids must lie inside the vocabulary (the runtime
 /// checks prompts before they reach a graph).
-#[op(name = "embedding", inputs(table, ids), outputs(y), template = "embedding")]
+#[op(name = "embedding", inputs(table, ids), outputs(y))]
 pub struct Embedding {}
 
 impl Op for Embedding {
@@ -18,7 +18,9 @@ impl Op for Embedding {
         expect_arity(self, inputs)?;
         let (table, ids) = (&inputs[Self::TABLE], &inputs[Self::IDS]);
         if table.rank() != 2 || table.dtype.is_int() {
-            return Err(format!("table must be a float [vocab, hidden] matrix, got {table}"));
+            return Err(format!(
+                "table must be a float [vocab, hidden] matrix, got {table}"
+            ));
         }
         if ids.rank() != 1 || ids.dtype != DType::I32 {
             return Err(format!("ids must be i32 [tokens], got {ids}"));
@@ -33,7 +35,10 @@ impl Op for Embedding {
     fn access(&self, io: Io<'_>, units: Range<usize>) -> Access {
         Access {
             writes: vec![(Self::Y, rows_region(&io.outputs[Self::Y], units.clone()))],
-            reads: vec![(Self::IDS, vec![units]), (Self::TABLE, whole(&io.inputs[Self::TABLE]))],
+            reads: vec![
+                (Self::IDS, vec![units]),
+                (Self::TABLE, whole(&io.inputs[Self::TABLE])),
+            ],
         }
     }
 
@@ -52,6 +57,10 @@ impl Op for Embedding {
     fn cost(&self, io: Io<'_>, units: Range<usize>) -> Cost {
         let table = &io.inputs[Self::TABLE];
         let rows = units.len() as f64;
-        Cost { bytes: rows * table.shape[1] as f64 * (table.dtype.bytes_per_element() + 4.0) + rows * 4.0, flops: 0.0 }
+        Cost {
+            bytes: rows * table.shape[1] as f64 * (table.dtype.bytes_per_element() + 4.0)
+                + rows * 4.0,
+            flops: 0.0,
+        }
     }
 }

@@ -12,7 +12,7 @@ use crate::{DType, Tensor, TensorType};
 /// `y[t, j] = weight[ids[t, j]] @ x[t(, j)]` with `weight` the stacked experts [experts, out, in].
 /// `x` is [tokens, in] (one input shared by the k routed experts: gate and up) or
 /// [tokens, k, in] (one input per routed expert: down). Tiles split the output features.
-#[op(name = "expert_linear", inputs(x, ids, weight), outputs(y), template = "expert_linear")]
+#[op(name = "expert_linear", inputs(x, ids, weight), outputs(y))]
 pub struct ExpertLinear {}
 
 impl Op for ExpertLinear {
@@ -29,10 +29,15 @@ impl Op for ExpertLinear {
             _ => false,
         };
         if !x_ok || x.dtype.is_int() {
-            return Err(format!("x must be float [{t}, in] or [{t}, {k}, in], got {x}"));
+            return Err(format!(
+                "x must be float [{t}, in] or [{t}, {k}, in], got {x}"
+            ));
         }
         if w.rank() != 3 || w.dtype.is_int() || w.shape[2] != x.last_dim() {
-            return Err(format!("weight must be float [experts, out, {}], got {w}", x.last_dim()));
+            return Err(format!(
+                "weight must be float [experts, out, {}], got {w}",
+                x.last_dim()
+            ));
         }
         Ok(vec![TensorType::f32([t, k, w.shape[1]])])
     }
@@ -47,13 +52,20 @@ impl Op for ExpertLinear {
             reads: vec![
                 (Self::X, whole(&io.inputs[Self::X])),
                 (Self::IDS, whole(&io.inputs[Self::IDS])),
-                (Self::WEIGHT, axis_region(&io.inputs[Self::WEIGHT], 1, units)),
+                (
+                    Self::WEIGHT,
+                    axis_region(&io.inputs[Self::WEIGHT], 1, units),
+                ),
             ],
         }
     }
 
     fn reference(&self, inputs: &[&Tensor], outputs: &mut [Tensor], units: Range<usize>) {
-        let (x, ids, w) = (inputs[Self::X], inputs[Self::IDS].i32(), inputs[Self::WEIGHT]);
+        let (x, ids, w) = (
+            inputs[Self::X],
+            inputs[Self::IDS].i32(),
+            inputs[Self::WEIGHT],
+        );
         let (n_out, k_in) = (w.shape[1], w.shape[2]);
         let k = inputs[Self::IDS].shape[1];
         let shared_input = x.shape.len() == 2;
@@ -67,7 +79,10 @@ impl Op for ExpertLinear {
                 let xrow = if shared_input { slot / k } else { slot };
                 let xv = &x[xrow * k_in..][..k_in];
                 let expert = &w[ids[slot] as usize * n_out * k_in..][..n_out * k_in];
-                units.clone().map(|n| dot(xv, &expert[n * k_in..][..k_in])).collect()
+                units
+                    .clone()
+                    .map(|n| dot(xv, &expert[n * k_in..][..k_in]))
+                    .collect()
             })
             .collect();
         for (slot, vals) in slots.into_iter().enumerate() {
@@ -78,12 +93,18 @@ impl Op for ExpertLinear {
     /// Only the routed experts' rows are read: at most `tokens * k` distinct experts, and never
     /// more than there are experts.
     fn cost(&self, io: Io<'_>, units: Range<usize>) -> Cost {
-        let (x, ids, w) = (&io.inputs[Self::X], &io.inputs[Self::IDS], &io.inputs[Self::WEIGHT]);
+        let (x, ids, w) = (
+            &io.inputs[Self::X],
+            &io.inputs[Self::IDS],
+            &io.inputs[Self::WEIGHT],
+        );
         let slots = ids.numel() as f64;
         let experts = slots.min(w.shape[0] as f64);
         let (k_in, n) = (w.shape[2] as f64, units.len() as f64);
         Cost {
-            bytes: experts * n * k_in * w.dtype.bytes_per_element() + x.numel() as f64 * 4.0 + slots * n * 4.0,
+            bytes: experts * n * k_in * w.dtype.bytes_per_element()
+                + x.numel() as f64 * 4.0
+                + slots * n * 4.0,
             flops: 2.0 * slots * n * k_in,
         }
     }

@@ -10,21 +10,33 @@ use crate::{DType, Tensor, TensorType};
 
 /// `cache[positions[t], h, :] = new[t, h, :]`. Tiles split the KV heads: the rows written depend
 /// on run-time positions, the heads do not, so per-head tiles are provably disjoint.
-#[op(name = "kv_append", inputs(cache, new, positions), outputs(cache_out), template = "kv_append")]
+#[op(name = "kv_append", inputs(cache, new, positions), outputs(cache_out))]
 pub struct KvAppend {}
 
 impl Op for KvAppend {
     fn infer(&self, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
         expect_arity(self, inputs)?;
-        let (cache, new, pos) = (&inputs[Self::CACHE], &inputs[Self::NEW], &inputs[Self::POSITIONS]);
+        let (cache, new, pos) = (
+            &inputs[Self::CACHE],
+            &inputs[Self::NEW],
+            &inputs[Self::POSITIONS],
+        );
         if cache.rank() != 3 || cache.dtype.is_int() {
-            return Err(format!("cache must be float [context, kv_heads, head_dim], got {cache}"));
+            return Err(format!(
+                "cache must be float [context, kv_heads, head_dim], got {cache}"
+            ));
         }
         if new.rank() != 3 || new.shape[1..] != cache.shape[1..] {
-            return Err(format!("new must be [tokens, {}, {}], got {new}", cache.shape[1], cache.shape[2]));
+            return Err(format!(
+                "new must be [tokens, {}, {}], got {new}",
+                cache.shape[1], cache.shape[2]
+            ));
         }
         if pos.dtype != DType::I32 || pos.shape != [new.shape[0]] {
-            return Err(format!("positions must be i32 [{}], got {pos}", new.shape[0]));
+            return Err(format!(
+                "positions must be i32 [{}], got {pos}",
+                new.shape[0]
+            ));
         }
         Ok(vec![cache.clone()])
     }
@@ -35,7 +47,10 @@ impl Op for KvAppend {
 
     fn access(&self, io: Io<'_>, units: Range<usize>) -> Access {
         Access {
-            writes: vec![(Self::CACHE_OUT, axis_region(&io.outputs[Self::CACHE_OUT], 1, units.clone()))],
+            writes: vec![(
+                Self::CACHE_OUT,
+                axis_region(&io.outputs[Self::CACHE_OUT], 1, units.clone()),
+            )],
             reads: vec![
                 (Self::NEW, axis_region(&io.inputs[Self::NEW], 1, units)),
                 (Self::POSITIONS, whole(&io.inputs[Self::POSITIONS])),
@@ -68,6 +83,9 @@ impl Op for KvAppend {
         let (cache, new) = (&io.outputs[Self::CACHE_OUT], &io.inputs[Self::NEW]);
         let rows = (new.shape[0] * units.len()) as f64;
         let hd = cache.shape[2] as f64;
-        Cost { bytes: rows * hd * (4.0 + cache.dtype.bytes_per_element()), flops: 0.0 }
+        Cost {
+            bytes: rows * hd * (4.0 + cache.dtype.bytes_per_element()),
+            flops: 0.0,
+        }
     }
 }

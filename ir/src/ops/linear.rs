@@ -10,7 +10,7 @@ use crate::op::{Access, Cost, Io, Op, expect_arity, whole};
 use crate::{Tensor, TensorType};
 
 /// The tiles split the output features, so each tile streams its own rows of the weight.
-#[op(name = "linear", inputs(x, weight), outputs(y), template = "linear")]
+#[op(name = "linear", inputs(x, weight), outputs(y))]
 pub struct Linear {}
 
 impl Op for Linear {
@@ -21,7 +21,10 @@ impl Op for Linear {
             return Err(format!("x must be float [tokens, in], got {x}"));
         }
         if w.rank() != 2 || w.dtype.is_int() || w.shape[1] != x.shape[1] {
-            return Err(format!("weight must be float [out, {}], got {w}", x.shape[1]));
+            return Err(format!(
+                "weight must be float [out, {}], got {w}",
+                x.shape[1]
+            ));
         }
         Ok(vec![TensorType::f32([x.shape[0], w.shape[0]])])
     }
@@ -33,7 +36,13 @@ impl Op for Linear {
     fn access(&self, io: Io<'_>, units: Range<usize>) -> Access {
         Access {
             writes: vec![(Self::Y, axis_region(&io.outputs[Self::Y], 1, units.clone()))],
-            reads: vec![(Self::X, whole(&io.inputs[Self::X])), (Self::WEIGHT, axis_region(&io.inputs[Self::WEIGHT], 0, units))],
+            reads: vec![
+                (Self::X, whole(&io.inputs[Self::X])),
+                (
+                    Self::WEIGHT,
+                    axis_region(&io.inputs[Self::WEIGHT], 0, units),
+                ),
+            ],
         }
     }
 

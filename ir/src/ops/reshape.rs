@@ -27,12 +27,18 @@ impl Op for Reshape {
     }
 
     fn access(&self, io: Io<'_>, _units: Range<usize>) -> Access {
-        Access { writes: vec![(Self::Y, whole(&io.outputs[Self::Y]))], reads: vec![(Self::X, whole(&io.inputs[Self::X]))] }
+        Access {
+            writes: vec![(Self::Y, whole(&io.outputs[Self::Y]))],
+            reads: vec![(Self::X, whole(&io.inputs[Self::X]))],
+        }
     }
 
     fn reference(&self, inputs: &[&Tensor], outputs: &mut [Tensor], _units: Range<usize>) {
         let shape = outputs[Self::Y].shape.clone();
-        outputs[Self::Y] = Tensor { shape, data: inputs[Self::X].data.clone() };
+        outputs[Self::Y] = Tensor {
+            shape,
+            data: inputs[Self::X].data.clone(),
+        };
     }
 
     fn recompute_in_consumers(&self) -> bool {

@@ -10,7 +10,7 @@ use crate::{Tensor, TensorType};
 
 /// Normalises every row (the last axis) of `x`; a [tokens, heads, head_dim] operand is normalised
 /// per head, which is Qwen3's q/k norm.
-#[op(name = "rms_norm", inputs(x, weight), outputs(y), template = "rms_norm")]
+#[op(name = "rms_norm", inputs(x, weight), outputs(y))]
 pub struct RmsNorm {
     pub eps: f32,
 }
@@ -38,7 +38,10 @@ impl Op for RmsNorm {
         let axis = Self::tile_axis(y);
         Access {
             writes: vec![(Self::Y, axis_region(y, axis, units.clone()))],
-            reads: vec![(Self::X, axis_region(x, axis, units)), (Self::WEIGHT, whole(&io.inputs[Self::WEIGHT]))],
+            reads: vec![
+                (Self::X, axis_region(x, axis, units)),
+                (Self::WEIGHT, whole(&io.inputs[Self::WEIGHT])),
+            ],
         }
     }
 
@@ -48,7 +51,11 @@ impl Op for RmsNorm {
         let shape = x.shape.clone();
         let (x, y) = (x.f32(), outputs[Self::Y].f32_mut());
         // Rows of a rank-3 operand are (token, head); the tile picks heads for every token.
-        let (outer, tiled) = if shape.len() == 3 { (shape[0], shape[1]) } else { (1, shape[0]) };
+        let (outer, tiled) = if shape.len() == 3 {
+            (shape[0], shape[1])
+        } else {
+            (1, shape[0])
+        };
         for o in 0..outer {
             for u in units.clone() {
                 let at = (o * tiled + u) * n;

@@ -10,7 +10,7 @@ use crate::{DType, Tensor, TensorType};
 
 /// Rotates every head of `x` [tokens, heads, head_dim] by its token's absolute position. Tiles
 /// split the heads.
-#[op(name = "rope", inputs(x, positions), outputs(y), template = "rope")]
+#[op(name = "rope", inputs(x, positions), outputs(y))]
 pub struct Rope {
     pub theta: f64,
 }
@@ -30,7 +30,9 @@ impl Op for Rope {
         expect_arity(self, inputs)?;
         let (x, pos) = (&inputs[Self::X], &inputs[Self::POSITIONS]);
         if x.rank() != 3 || x.dtype.is_int() || x.shape[2] % 2 != 0 {
-            return Err(format!("x must be float [tokens, heads, even head_dim], got {x}"));
+            return Err(format!(
+                "x must be float [tokens, heads, even head_dim], got {x}"
+            ));
         }
         if pos.dtype != DType::I32 || pos.shape != [x.shape[0]] {
             return Err(format!("positions must be i32 [{}], got {pos}", x.shape[0]));
@@ -62,7 +64,8 @@ impl Op for Rope {
         let inv_freq = self.inv_freq(hd);
         let (x, y) = (x.f32(), outputs[Self::Y].f32_mut());
         for (t, &p) in pos.iter().enumerate().take(tokens) {
-            let angles: Vec<(f32, f32)> = inv_freq.iter().map(|f| (p as f32 * f).sin_cos()).collect();
+            let angles: Vec<(f32, f32)> =
+                inv_freq.iter().map(|f| (p as f32 * f).sin_cos()).collect();
             for h in units.clone() {
                 let base = (t * heads + h) * hd;
                 for (i, &(sin, cos)) in angles.iter().enumerate() {

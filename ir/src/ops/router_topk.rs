@@ -11,7 +11,7 @@ use crate::{DType, Tensor, TensorType};
 /// From router logits [tokens, experts] to the chosen experts (i32 [tokens, k], by descending
 /// weight, the lower index first on ties) and their weights (f32 [tokens, k]). With `normalize`
 /// the k weights are divided by their sum (Mixtral; Qwen3-MoE when `norm_topk_prob`).
-#[op(name = "router_topk", inputs(logits), outputs(ids, weights), template = "router_topk")]
+#[op(name = "router_topk", inputs(logits), outputs(ids, weights))]
 pub struct RouterTopK {
     pub k: usize,
     pub normalize: bool,
@@ -22,13 +22,18 @@ impl Op for RouterTopK {
         expect_arity(self, inputs)?;
         let logits = &inputs[Self::LOGITS];
         if logits.rank() != 2 || logits.dtype.is_int() {
-            return Err(format!("logits must be float [tokens, experts], got {logits}"));
+            return Err(format!(
+                "logits must be float [tokens, experts], got {logits}"
+            ));
         }
         if self.k == 0 || self.k > logits.shape[1] {
             return Err(format!("k = {} must be in 1..={}", self.k, logits.shape[1]));
         }
         let t = logits.shape[0];
-        Ok(vec![TensorType::new([t, self.k], DType::I32), TensorType::f32([t, self.k])])
+        Ok(vec![
+            TensorType::new([t, self.k], DType::I32),
+            TensorType::f32([t, self.k]),
+        ])
     }
 
     fn work_units(&self, io: Io<'_>) -> usize {
@@ -38,8 +43,14 @@ impl Op for RouterTopK {
     fn access(&self, io: Io<'_>, units: Range<usize>) -> Access {
         Access {
             writes: vec![
-                (Self::IDS, rows_region(&io.outputs[Self::IDS], units.clone())),
-                (Self::WEIGHTS, rows_region(&io.outputs[Self::WEIGHTS], units.clone())),
+                (
+                    Self::IDS,
+                    rows_region(&io.outputs[Self::IDS], units.clone()),
+                ),
+                (
+                    Self::WEIGHTS,
+                    rows_region(&io.outputs[Self::WEIGHTS], units.clone()),
+                ),
             ],
             reads: vec![(Self::LOGITS, rows_region(&io.inputs[Self::LOGITS], units))],
         }
@@ -59,7 +70,11 @@ impl Op for RouterTopK {
             let sum: f32 = chosen.iter().map(|&i| probs[i]).sum();
             for (j, &i) in chosen.iter().enumerate() {
                 outputs[Self::IDS].i32_mut()[t * k + j] = i as i32;
-                outputs[Self::WEIGHTS].f32_mut()[t * k + j] = if self.normalize { probs[i] / sum } else { probs[i] };
+                outputs[Self::WEIGHTS].f32_mut()[t * k + j] = if self.normalize {
+                    probs[i] / sum
+                } else {
+                    probs[i]
+                };
             }
         }
     }

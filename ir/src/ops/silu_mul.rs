@@ -8,7 +8,7 @@ use crate::math::{axis_region, silu};
 use crate::op::{Access, Io, Op, expect_arity};
 use crate::{Tensor, TensorType};
 
-#[op(name = "silu_mul", inputs(gate, up), outputs(y), template = "silu_mul")]
+#[op(name = "silu_mul", inputs(gate, up), outputs(y))]
 pub struct SiluMul {}
 
 impl Op for SiluMul {
@@ -16,7 +16,9 @@ impl Op for SiluMul {
         expect_arity(self, inputs)?;
         let (g, u) = (&inputs[Self::GATE], &inputs[Self::UP]);
         if g.shape != u.shape || g.dtype.is_int() || u.dtype.is_int() || g.rank() == 0 {
-            return Err(format!("gate and up must be float tensors of one shape, got {g} and {u}"));
+            return Err(format!(
+                "gate and up must be float tensors of one shape, got {g} and {u}"
+            ));
         }
         Ok(vec![TensorType::f32(g.shape.clone())])
     }
@@ -28,7 +30,10 @@ impl Op for SiluMul {
     fn access(&self, io: Io<'_>, units: Range<usize>) -> Access {
         let y = &io.outputs[Self::Y];
         let region = axis_region(y, y.rank() - 1, units);
-        Access { writes: vec![(Self::Y, region.clone())], reads: vec![(Self::GATE, region.clone()), (Self::UP, region)] }
+        Access {
+            writes: vec![(Self::Y, region.clone())],
+            reads: vec![(Self::GATE, region.clone()), (Self::UP, region)],
+        }
     }
 
     fn reference(&self, inputs: &[&Tensor], outputs: &mut [Tensor], units: Range<usize>) {

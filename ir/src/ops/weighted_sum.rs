@@ -9,7 +9,7 @@ use crate::math::axis_region;
 use crate::op::{Access, Io, Op, expect_arity, whole};
 use crate::{Tensor, TensorType};
 
-#[op(name = "weighted_sum", inputs(x, weights), outputs(y), template = "weighted_sum")]
+#[op(name = "weighted_sum", inputs(x, weights), outputs(y))]
 pub struct WeightedSum {}
 
 impl Op for WeightedSum {
@@ -20,7 +20,10 @@ impl Op for WeightedSum {
             return Err(format!("x must be float [tokens, k, hidden], got {x}"));
         }
         if w.shape != x.shape[..2] || w.dtype.is_int() {
-            return Err(format!("weights must be float {:?}, got {w}", &x.shape[..2]));
+            return Err(format!(
+                "weights must be float {:?}, got {w}",
+                &x.shape[..2]
+            ));
         }
         Ok(vec![TensorType::f32([x.shape[0], x.shape[2]])])
     }

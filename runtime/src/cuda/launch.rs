@@ -37,12 +37,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use mimo_ir::{Tensor, TensorData};
 
+use super::abi_layout::KernelParams;
 use super::arena::Port;
+use super::megakernel::Megakernel;
 use crate::device::{DeviceBuffer, DeviceFailure, LaunchShape, MemClass};
-
-pub use super::abi_layout::{Diagnostics, KernelParams};
-pub use super::kernel::{KERNEL_NAME, KernelImage, kernel_launch_shape};
-pub use super::megakernel::Megakernel;
 
 /// How steps are launched and how long anything may wait.
 #[derive(Debug, Clone, Copy, PartialEq)]

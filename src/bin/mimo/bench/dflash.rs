@@ -46,7 +46,7 @@ use super::{
     percentile, utc_now,
 };
 
-/// Issue 5's targets on an H100 (REFERENCE.md §5): a 16-token verify in at most 3 single-token
+/// The project's targets on an H100: a 16-token verify in at most 3 single-token
 /// steps, and 1,500 projected tokens/s at tau = 6.3.
 const RATIO_TARGET: f64 = 3.0;
 const TOKENS_PER_SECOND_TARGET: f64 = 1500.0;
