@@ -14,12 +14,12 @@
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
 
+use mimo_ir::Op;
 use mimo_ir::graph::{Graph, GraphBuilder, GraphError, NodeKind, Value};
 use mimo_ir::op::{Io, Region};
 use mimo_ir::ops::{
     ArgmaxCombine, ArgmaxPartial, Attention, AttentionCombine, AttentionPartial, SiluMul,
 };
-use mimo_ir::{Op, TensorType};
 use petgraph::graph::NodeIndex;
 use serde::{Deserialize, Serialize};
 
@@ -191,17 +191,8 @@ fn op_of(graph: &Graph, n: NodeIndex) -> Option<&dyn Op> {
     graph.node(n).op().map(|op| op.as_ref())
 }
 
-fn io_types(graph: &Graph, n: NodeIndex) -> Vec<TensorType> {
-    graph
-        .node(n)
-        .inputs
-        .iter()
-        .map(|v| graph.value_type(*v).clone())
-        .collect()
-}
-
 fn units_of(graph: &Graph, n: NodeIndex) -> usize {
-    let inputs = io_types(graph, n);
+    let inputs = graph.operand_types(n);
     let op = op_of(graph, n).expect("an op node");
     op.work_units(Io {
         inputs: &inputs,
@@ -482,7 +473,7 @@ fn contained(
         UnitMap::Whole => return None,
     };
     let op = op_of(graph, n)?;
-    let inputs = io_types(graph, n);
+    let inputs = graph.operand_types(n);
     let n_io = Io {
         inputs: &inputs,
         outputs: &graph.node(n).outputs,
@@ -500,7 +491,7 @@ fn contained(
             }
             let (_, pmap) = grp.tiled.iter().find(|(m, _)| *m == v.node)?;
             let pop = op_of(graph, v.node)?;
-            let pin = io_types(graph, v.node);
+            let pin = graph.operand_types(v.node);
             let p_io = Io {
                 inputs: &pin,
                 outputs: &graph.node(v.node).outputs,

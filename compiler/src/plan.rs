@@ -130,13 +130,7 @@ pub fn plan_memory(graph: &Graph, ops: &[FusedOp]) -> MemoryPlan {
 /// The operand and result types of op node `n`.
 pub fn node_io(graph: &Graph, n: NodeIndex) -> (Vec<TensorType>, Vec<TensorType>) {
     let node = graph.node(n);
-    (
-        node.inputs
-            .iter()
-            .map(|v| graph.value_type(*v).clone())
-            .collect(),
-        node.outputs.clone(),
-    )
+    (graph.operand_types(n), node.outputs.clone())
 }
 
 fn member_op(graph: &Graph, node: usize) -> &dyn Op {

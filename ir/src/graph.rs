@@ -129,6 +129,15 @@ impl Graph {
         &self.dag[v.node].outputs[v.output]
     }
 
+    /// The types of node `n`'s operands, in operand order (what an op's `Io` takes as inputs).
+    pub fn operand_types(&self, n: NodeIndex) -> Vec<TensorType> {
+        self.dag[n]
+            .inputs
+            .iter()
+            .map(|v| self.value_type(*v).clone())
+            .collect()
+    }
+
     pub fn find(&self, name: &str) -> Option<NodeIndex> {
         self.dag.node_indices().find(|&i| self.dag[i].name == name)
     }

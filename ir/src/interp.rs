@@ -207,11 +207,7 @@ pub fn run(
                         None => slots[v.node.index()].get(v.output),
                     })
                     .collect();
-                let input_types: Vec<TensorType> = node
-                    .inputs
-                    .iter()
-                    .map(|v| graph.value_type(*v).clone())
-                    .collect();
+                let input_types = graph.operand_types(idx);
                 let io = Io {
                     inputs: &input_types,
                     outputs: &node.outputs,

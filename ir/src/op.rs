@@ -231,11 +231,7 @@ pub(crate) mod tests {
                     for &(out, inp) in op.in_place() {
                         outputs[out] = operands[inp].clone();
                     }
-                    let types: Vec<TensorType> = node
-                        .inputs
-                        .iter()
-                        .map(|v| graph.value_type(*v).clone())
-                        .collect();
+                    let types = graph.operand_types(idx);
                     let units = op.work_units(Io {
                         inputs: &types,
                         outputs: &node.outputs,
@@ -277,11 +273,7 @@ pub(crate) mod tests {
         for &idx in graph.topo_order() {
             let node = graph.node(idx);
             let Some(op) = node.op() else { continue };
-            let types: Vec<TensorType> = node
-                .inputs
-                .iter()
-                .map(|v| graph.value_type(*v).clone())
-                .collect();
+            let types = graph.operand_types(idx);
             let io = Io {
                 inputs: &types,
                 outputs: &node.outputs,
