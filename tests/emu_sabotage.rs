@@ -11,7 +11,12 @@
 //!
 //! These are emulator tests whatever `MIMO_GPU_TESTS` says (a GPU checks none of this).
 
+mod common;
+
 use std::sync::Arc;
+
+use common::emulator;
+use common::parity::rel_l2;
 
 use mimo_compiler::Program;
 use mimo_ir::formats::WeightFormat;
@@ -21,21 +26,9 @@ use mimo_ir::weights::WeightStore;
 use mimo_ir::{Architecture, ModelSpec, Tensor};
 use mimo_runtime::cuda::{self, KernelImage, LaunchOptions, Megakernel};
 use mimo_runtime::device::Device;
-use mimo_runtime::emu::{EmuDevice, EmuOptions};
 
 const CONTEXT: usize = 32;
 const WORKERS: usize = 4;
-
-/// The emulator, or `None` (with `skipped: <reason>` on stderr) where it cannot start.
-fn emulator(test: &str) -> Option<Arc<dyn Device>> {
-    match EmuDevice::new(EmuOptions::from_env()) {
-        Ok(dev) => Some(dev),
-        Err(e) => {
-            eprintln!("skipped: {test}: the device emulator cannot start: {e:#}");
-            None
-        }
-    }
-}
 
 /// The tiny Qwen3-MoE model (MXFP4 experts), its random weights, and its decode program and
 /// kernel made from `templates`.
@@ -97,12 +90,6 @@ fn reference_logits(spec: &ModelSpec, weights: &WeightStore) -> Vec<f32> {
     let w = F32Weights::from_store(weights);
     let out = interp::run(&graph, &w, &mut StateStore::new(), &step_inputs()).unwrap();
     out[LOGITS].f32().to_vec()
-}
-
-fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(x, y)| f64::from(x - y).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
-    (num / den.max(1e-30)).sqrt()
 }
 
 /// The report of a step that must fail, on one line.

@@ -13,14 +13,9 @@ fn emulator_smoke() {
     let Some(dev) = common::test_device("emulator_smoke") else {
         return;
     };
-    let out = mimo_runtime::cuda::compile_in_memory(
-        &mimo_ir::ModelSpec::tiny(mimo_ir::Architecture::Qwen3Moe),
-        32,
-        2,
-        mimo::TEMPLATES,
-    );
-    let (program, image) = out.unwrap();
     let spec = mimo_ir::ModelSpec::tiny(mimo_ir::Architecture::Qwen3Moe);
+    let (program, image) =
+        mimo_runtime::cuda::compile_in_memory(&spec, 32, 2, mimo::TEMPLATES).unwrap();
     let weights = mimo_ir::model::random::random_weights(&spec, 1).unwrap();
     let mut mk = mimo_runtime::cuda::Megakernel::new(
         &dev,

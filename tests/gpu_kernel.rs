@@ -36,10 +36,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::parity::{
-    Bf16Twin, MODEL_TOLERANCE, compare_greedy, forced, greedy, max_abs_diff, rel_l2,
-    router_near_ties,
-};
+use common::parity::{Bf16Twin, MODEL_TOLERANCE, Oracle, compare_greedy, rel_l2};
 use common::{model_toml, read_json};
 use mimo_compiler::fuse::FusedKind;
 use mimo_compiler::{CompileOptions, Machine, Program, compile};
@@ -1248,9 +1245,9 @@ fn gpu_dflash_speculative_equals_plain_greedy() {
 }
 
 /// A prompt of `len` tokens for `engine`'s model whose last row and the greedy continuation's
-/// first `rows - 1` rows are clear of bf16 near ties: they route the same in bf16 as in f32 (as
-/// [`router_near_ties`] measures it) and their greedy choice leads by more than 8 times the bf16
-/// twin's largest logit deviation. So an exact comparison of those rows' choices between the
+/// first `rows - 1` rows are clear of bf16 near ties (`Oracle::clear_of_near_ties`: they route
+/// the same in bf16 as in f32 and their greedy choice leads by more than 8 times the bf16 twin's
+/// largest logit deviation). So an exact comparison of those rows' choices between the
 /// megakernel and an f32 executor is sound. With 4 experts, top 2, random routers, about half the
 /// positions of a random sequence are router near ties; the first of a fixed list of prompts
 /// clear at these rows is taken.
@@ -1268,20 +1265,15 @@ fn prompt_clear_of_bf16_near_ties(
         let prompt: Vec<u32> = (0..len)
             .map(|i| ((i * 13 + 7 + seed * 29) % (vocab - 1)) as u32)
             .collect();
-        let (ids, _) = greedy(engine, &prompt, rows - 1);
-        let seq: Vec<u32> = prompt.iter().chain(&ids).copied().collect();
-        let ties = router_near_ties(&spec, &oracle, &twin.1, &seq, engine.max_context());
-        if ties.iter().any(|&t| t >= len - 1) {
-            continue;
-        }
-        let want = forced(engine, &seq);
-        let bf16 = forced(&mut twin, &seq);
-        let clear = (len - 1..seq.len()).all(|t| {
-            let mut sorted = want[t].clone();
-            sorted.sort_by(|x, y| y.total_cmp(x));
-            f64::from(sorted[0] - sorted[1]) > 8.0 * max_abs_diff(&bf16[t], &want[t])
-        });
-        if clear {
+        let o = Oracle::new(
+            "prompt",
+            (&mut *engine, &oracle),
+            &mut twin,
+            &prompt,
+            rows,
+            0.0,
+        );
+        if o.clear_of_near_ties(len - 1) {
             return prompt;
         }
     }

@@ -12,6 +12,9 @@ use mimo_ir::model::names::LayerWeight;
 use crate::program::Program;
 use crate::resources::FunctionResources;
 
+/// The [`StepBytes`] category of the KV cache rows (every other category is weights).
+pub const KV_CACHE_PART: &str = "kv cache";
+
 /// Bytes one step reads, by category.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct StepBytes {
@@ -67,7 +70,7 @@ pub fn step_bytes(spec: &ModelSpec, tokens: usize, context: usize) -> StepBytes 
     // K and V, bf16, every layer: the cached rows plus this step's own rows.
     let rows = (context + tokens) as f64;
     parts.insert(
-        "kv cache",
+        KV_CACHE_PART,
         spec.num_layers as f64 * 2.0 * rows * spec.kv_dim() as f64 * 2.0,
     );
     StepBytes { parts }

@@ -238,6 +238,12 @@ pub fn test_device(test: &str) -> Option<Arc<dyn Device>> {
         eprintln!("{test}: {}", dev.describe());
         return Some(dev);
     }
+    emulator(test)
+}
+
+/// The device emulator whatever `MIMO_GPU_TESTS` says, or `None` (with `skipped: <reason>` on
+/// stderr) where it cannot start.
+pub fn emulator(test: &str) -> Option<Arc<dyn Device>> {
     match EmuDevice::new(EmuOptions::from_env()) {
         Ok(dev) => {
             eprintln!("{test}: {}", dev.describe());

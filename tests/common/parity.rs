@@ -219,7 +219,7 @@ impl<'a> Oracle<'a> {
     /// weight staged before the 1/rms scale, is of the twin's size.
     pub fn new(
         label: &'a str,
-        (engine, weights): (&mut CpuEngine, &F32Weights),
+        (engine, weights): (&mut dyn Engine, &F32Weights),
         twin: &mut Bf16Twin,
         prompt: &[u32],
         n: usize,
@@ -294,6 +294,19 @@ impl<'a> Oracle<'a> {
         }
     }
 
+    /// Whether positions `from..` of the oracle's sequence are clear of bf16 near ties: no
+    /// router near tie there, and the oracle's greedy choice leading by more than 8x the twin's
+    /// largest logit deviation (so any kernel within bf16 noise makes the oracle's choices).
+    pub fn clear_of_near_ties(&self, from: usize) -> bool {
+        !self.router_near_ties.iter().any(|&t| t >= from)
+            && (from..self.seq.len()).all(|t| {
+                let (w, b) = (&self.want[t], &self.bf16[t]);
+                let mut sorted = w.clone();
+                sorted.sort_by(|x, y| y.total_cmp(x));
+                f64::from(sorted[0] - sorted[1]) > 8.0 * max_abs_diff(b, w)
+            })
+    }
+
     /// Free-running, the kernel's greedy ids `got` equal the oracle's, or first differ at a near
     /// tie found by [`Oracle::check_row`]. Returns where they differ.
     pub fn check_ids(&self, got: &[u32]) -> Option<usize> {
@@ -330,7 +343,7 @@ impl<'a> Oracle<'a> {
 /// A wrong fragment layout, a race or a stale read moves logits by far more than bf16 does.
 pub fn compare_greedy(
     label: &str,
-    oracle: (&mut CpuEngine, &F32Weights),
+    oracle: (&mut dyn Engine, &F32Weights),
     twin: &mut Bf16Twin,
     gpu: &mut dyn Engine,
     prompt: &[u32],

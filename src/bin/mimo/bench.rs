@@ -347,11 +347,10 @@ fn bench_cuda(args: &BenchArgs, model: &Model, dev: &Arc<dyn Device>) -> Result<
     let device = engine.device();
     let timing = engine.bench_decode(args.context, args.tokens, args.warmup)?;
     let copy = engine.kernel().copy_bandwidth_gbs()?;
-    let counted = step_bytes(&model.spec, 1, args.context);
-    let reads = timing
-        .read_bytes
-        .as_ref()
-        .map(|b| reads::Reads::new(b, engine.kernel().bytes_by_op(b), &counted));
+    let reads = timing.read_bytes.as_ref().map(|b| {
+        let counted = step_bytes(&model.spec, 1, args.context);
+        reads::Reads::new(b, engine.kernel().bytes_by_op(b), &counted)
+    });
     Ok(Measured {
         device,
         backend: "cuda-megakernel",

@@ -2,12 +2,9 @@
 //! step ([`step_bytes`]): weights and KV cache as ratios (a kernel that re-reads weights shows a
 //! weights ratio above 1), the other classes in bytes, and the ops that read the most weights.
 
-use mimo_compiler::report::StepBytes;
+use mimo_compiler::report::{KV_CACHE_PART, StepBytes};
 use mimo_runtime::device::{MemClass, TaskBytes};
 use serde_json::{Value, json};
-
-/// `report.md`'s KV part (the rest of its count is weights).
-const KV_PART: &str = "kv cache";
 
 /// One step's counted reads.
 pub struct Reads {
@@ -24,7 +21,7 @@ impl Reads {
     pub fn new(bytes: &TaskBytes, by_op: Vec<(String, [u64; 6])>, counted: &StepBytes) -> Self {
         let steps = bytes.launches.max(1) as f64;
         let per_class = MemClass::ALL.map(|c| bytes.total(c) as f64 / steps);
-        let kv_counted = counted.parts.get(KV_PART).copied().unwrap_or(0.0);
+        let kv_counted = counted.parts.get(KV_CACHE_PART).copied().unwrap_or(0.0);
         let weights_counted = counted.total() - kv_counted;
         let mut top_ops: Vec<(String, f64)> = by_op
             .into_iter()
@@ -99,7 +96,7 @@ mod tests {
         let by_op = vec![("a".to_string(), row0), ("b".to_string(), row1)];
         let mut counted = StepBytes::default();
         counted.parts.insert("attention weights", 1000.0);
-        counted.parts.insert(KV_PART, 100.0);
+        counted.parts.insert(KV_CACHE_PART, 100.0);
         let r = Reads::new(&bytes, by_op, &counted);
         assert_eq!(r.per_class[MemClass::Weights.index()], 2000.0);
         assert_eq!(r.weights_ratio, 2.0);
