@@ -1,13 +1,12 @@
-#include "generated.cuh"
+#include "common/abi.cuh"
 // The persistent megakernel: one launch runs one step of one program (decode, DFlash verify or
-// draft) (see common/abi.cuh for the
-// contract with the compiler). Block w is worker w: it runs its queue of tasks in order, each
+// draft) (see common/abi.cuh for the contract with the compiler). Block w is worker w: it runs its queue of tasks in order, each
 // after the events it waits for have reached this step's counts, and increments the task's
 // trigger events when done.
 //
 // generated.cuh (written per program by the compiler: `generated_header` in
-// compiler/src/codegen.rs; an artifact's kernel.cu starts with it) defines, and the templates
-// rely on nothing else from it:
+// compiler/src/codegen.rs; included by common/abi.cuh) declares the ABI (`abi::c_declarations`)
+// and these sizes:
 //   MIMO_THREADS       threads per block (256)
 //   MIMO_TOKENS        T, tokens per step (1..16), compile-time so register tiles can be sized
 //   MIMO_MAX_HEAD_DIM  largest head_dim (even, <= 256)
@@ -34,23 +33,15 @@
 
 using namespace mimo;
 
+// The dispatch: one case per fused kind, in the order compiler/src/kinds/mod.rs lists them
+// (MIMO_TASK_KINDS is generated from that list, with each kind's OpArgs member and function).
 __device__ __forceinline__ u32 run_task(const KernelParams& p, const Task& task, u8* smem) {
     const OpArgs& a = p.ops[task.op];
-    const u32 b = task.unit_begin, e = task.unit_end;
     switch (task.kind) {
-        case TASK_EMBED: return run_embed(p, a, b, e, smem);
-        case TASK_NORM_MATMUL: return run_norm_matmul(p, a, b, e, smem);
-        case TASK_KV_APPEND: return run_kv_append(p, a, b, e, smem);
-        case TASK_ATTENTION_PARTIAL: return run_attention_partial(p, a, b, e, smem);
-        case TASK_OPROJ_RESIDUAL: return run_oproj_residual(p, a, b, e, smem);
-        case TASK_EXPERT_GATE_UP: return run_expert_gate_up(p, a, b, e, smem);
-        case TASK_EXPERT_DOWN: return run_expert_down(p, a, b, e, smem);
-        case TASK_LM_HEAD: return run_lm_head(p, a, b, e, smem);
-        case TASK_ARGMAX_COMBINE: return run_argmax_combine(p, a, b, e, smem);
-        case TASK_DENSE_GATE_UP: return run_dense_gate_up(p, a, b, e, smem);
-        case TASK_MATMUL_RESIDUAL: return run_matmul_residual(p, a, b, e, smem);
-        case TASK_CONCAT: return run_concat(p, a, b, e, smem);
-        case TASK_ACCEPT: return run_accept(p, a, b, e, smem);
+#define MIMO_RUN_KIND(kind, args, run) \
+    case kind: return run(p, a.args, task.unit_begin, task.unit_end, smem);
+        MIMO_TASK_KINDS(MIMO_RUN_KIND)
+#undef MIMO_RUN_KIND
         default: return kOverLimit;
     }
 }

@@ -182,8 +182,8 @@ fn an_activation_read_through_the_non_coherent_path_is_flagged() {
     // The residual stream (written earlier in the launch) read as if it were a weight.
     let templates = sabotaged(
         "ops/oproj_residual.cuh",
-        "ld_act_f32(p->arena + a->values[2] + i)",
-        "__uint_as_float(ld_weight_u32(p->arena + a->values[2] + i))",
+        "ld_act_f32(p->arena + a->residual + i)",
+        "__uint_as_float(ld_weight_u32(p->arena + a->residual + i))",
     );
     let m = failure(&dev, &tiny(&as_refs(&templates)));
     assert!(m.contains("ld.global.nc") && m.contains("`arena`"), "{m}");
@@ -197,8 +197,8 @@ fn an_out_of_bounds_read_is_flagged() {
     // The embedding reads its token id one word before the arena.
     let templates = sabotaged(
         "ops/embed.cuh",
-        "ld_act_i32(p.arena + a.values[0] + t)",
-        "ld_act_i32(p.arena + a.values[0] + t - a.values[0] - t - 1u)",
+        "ld_act_i32(p.arena + a.ids + t)",
+        "ld_act_i32(p.arena + a.ids + t - a.ids - t - 1u)",
     );
     let m = failure(&dev, &tiny(&as_refs(&templates)));
     assert!(

@@ -1,74 +1,239 @@
-//! The tables the megakernel reads, byte for byte as `templates/common/abi.cuh` declares them:
-//! tasks in worker-queue order, their waits and triggers, and each fused op's operands (arena and
-//! state offsets, weight-table indices, dimensions) per its kind's documented slots.
+//! The contract between the compiler and the persistent kernel, declared once, here: every
+//! struct the kernel reads is a `#[derive(CStruct)]` Rust struct, from which its C declaration
+//! (written into each program's `generated.cuh` by [`c_declarations`]) and its word encoding are
+//! generated. Each fused kind's operand struct is declared in its module of [`crate::kinds`].
+//!
+//! One launch runs one decode step. Grid = one block per worker (one per SM). Worker w runs
+//! `tasks[queue_start[w] .. queue_start[w+1]]` in order. Before a task runs, the block waits until
+//! every event in its wait list has reached `per_step * (step + 1)`; after it ran, the block
+//! increments every event in its trigger list once. Counters are never reset: step s of a
+//! sequence waits for counts of step s, so nothing is cleared between launches.
+//!
+//! Activations live in one f32 arena (ids and positions as i32 in the same arena, same width); KV
+//! caches in a bf16 state buffer; weights in their stored formats, described by [`WeightRef`].
+//! Every offset counts elements of the buffer it indexes, not bytes.
 
-use mimo_ir::Graph;
-use mimo_ir::graph::{NodeKind, Value};
-use mimo_ir::ops::{
-    Accept, AttentionPartial, Concat, KvAppend, RmsNorm, Rope, RouterTopK, SiluMul,
-};
-use petgraph::graph::NodeIndex;
+use std::fmt::Write as _;
 
-use crate::fuse::{FusedKind, FusedOp, UnitMap};
-use crate::plan::Buffer;
+pub use mimo_macros::CStruct;
+
+use mimo_ir::formats::WeightFormat;
+
+use crate::kinds::{self, TaskArgs};
 use crate::program::Program;
 
-/// `MIMO_ABI_VERSION` of abi.cuh.
-pub const ABI_VERSION: u32 = 2;
-/// `MIMO_NONE`: an absent slot.
+/// `MIMO_ABI_VERSION`: an artifact records it, and a runtime refuses a kernel of another.
+pub const ABI_VERSION: u32 = 3;
+/// `MIMO_NONE`: an absent operand.
 pub const NONE: u32 = u32::MAX;
 
-/// abi.cuh `Task` (32 bytes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// An offset into the f32 activation arena (elements).
+pub type ArenaOffset = u32;
+/// An offset into the bf16 state buffer (elements).
+pub type StateOffset = u32;
+/// An index into the program's weight table (`KernelParams::weights`).
+pub type WeightIndex = u32;
+
+/// What an operand field of a [`CStruct`] indexes (the alias it is declared with).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operand {
+    ArenaOffset,
+    StateOffset,
+    WeightIndex,
+}
+
+/// A struct the kernel reads, declared once in Rust (`#[derive(CStruct)]`, `#[repr(C)]`, no
+/// padding): its C declaration and its words are generated from that declaration.
+pub trait CStruct: Sized {
+    const C_NAME: &'static str;
+    /// `struct NAME { ... };`, with the Rust doc comments as C comments.
+    const C_DECLARATION: &'static str;
+    /// Size in 4-byte words.
+    const WORDS: usize;
+    /// Appends the struct's words, in its C layout (little-endian, u64 low word first).
+    fn write_words(&self, out: &mut Vec<u32>);
+    /// The struct from exactly [`Self::WORDS`] words.
+    fn from_words(words: &[u32]) -> Self;
+    /// Every operand field (role, field name, value), arrays element by element.
+    fn operands(&self) -> Vec<(Operand, &'static str, u32)>;
+
+    fn to_words(&self) -> Vec<u32> {
+        let mut out = Vec::with_capacity(Self::WORDS);
+        self.write_words(&mut out);
+        out
+    }
+}
+
+/// One task: a tile of a fused op, with the events it waits for and triggers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, CStruct)]
 #[repr(C)]
 pub struct Task {
+    /// `TaskKind`: which device function runs it.
     pub kind: u32,
+    /// Index into `KernelParams::ops`.
     pub op: u32,
     pub unit_begin: u32,
     pub unit_end: u32,
+    /// Into `KernelParams::waits`.
     pub wait_begin: u32,
     pub wait_count: u32,
+    /// Into `KernelParams::triggers` (event ids).
     pub trigger_begin: u32,
     pub trigger_count: u32,
 }
 
-/// abi.cuh `Wait`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Proceed when `events[event] >= per_step * (step + 1)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, CStruct)]
 #[repr(C)]
 pub struct Wait {
     pub event: u32,
     pub per_step: u32,
 }
 
-/// abi.cuh `OpArgs` (104 bytes).
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+/// A weight matrix: `rows` x `cols`, row-major along the reduction axis `cols` (nn.Linear layout:
+/// [out, in]). Stacked experts [E, N, K] are rows = E * N, cols = K; expert e starts at row e * N.
+#[derive(Debug, Clone, Copy, PartialEq, Default, CStruct)]
 #[repr(C)]
-pub struct OpArgs {
-    pub values: [u32; 8],
-    pub state: [u32; 2],
-    pub weights: [u32; 4],
-    pub dims: [u32; 8],
-    pub fparams: [f32; 4],
+pub struct WeightRef {
+    #[c_type = "const void*"]
+    pub data: u64,
+    /// Block scales (MXFP4 / NVFP4), else null.
+    #[c_type = "const u8*"]
+    pub scales: u64,
+    /// NVFP4's per-tensor scale, else 1.
+    pub tensor_scale: f32,
+    /// `WeightFormat`.
+    pub format: u32,
+    pub rows: u32,
+    pub cols: u32,
 }
 
-/// abi.cuh `TaskKind`.
-pub fn task_kind(kind: FusedKind) -> Option<u32> {
-    Some(match kind {
-        FusedKind::Embed => 0,
-        FusedKind::NormMatmul => 1,
-        FusedKind::KvAppend => 2,
-        FusedKind::AttentionPartial => 3,
-        FusedKind::OprojResidual => 4,
-        FusedKind::ExpertGateUp => 5,
-        FusedKind::ExpertDown => 6,
-        FusedKind::LmHead => 7,
-        FusedKind::ArgmaxCombine => 8,
-        FusedKind::DenseGateUp => 9,
-        FusedKind::MatmulResidual => 10,
-        FusedKind::Concat => 11,
-        FusedKind::Accept => 12,
-        FusedKind::Generic => return None,
-    })
+/// Written by the first wait that gives up; the host turns it into an error naming the task.
+/// A task whose shapes exceed what the kernel was built for stops the kernel the same way, with
+/// event = MIMO_NONE, observed = 1 (a MIMO_MAX_* limit or an unknown kind) or the bytes of
+/// dynamic shared memory the task needs, and expected = MIMO_SMEM_BYTES.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, CStruct)]
+#[repr(C)]
+pub struct Diagnostics {
+    /// Nonzero once any block gave up; every other wait then returns at once.
+    pub aborted: u32,
+    pub worker: u32,
+    /// Index into tasks.
+    pub task: u32,
+    pub event: u32,
+    pub observed: u32,
+    pub expected: u32,
+}
+
+/// The kernel's one by-value parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, CStruct)]
+#[repr(C)]
+pub struct KernelParams {
+    #[c_type = "const Task*"]
+    pub tasks: u64,
+    /// [workers + 1]
+    #[c_type = "const u32*"]
+    pub queue_start: u64,
+    #[c_type = "const Wait*"]
+    pub waits: u64,
+    #[c_type = "const u32*"]
+    pub triggers: u64,
+    #[c_type = "const OpArgs*"]
+    pub ops: u64,
+    #[c_type = "const WeightRef*"]
+    pub weights: u64,
+    #[c_type = "float*"]
+    pub arena: u64,
+    /// bf16 KV caches.
+    #[c_type = "u16*"]
+    pub state: u64,
+    #[c_type = "u32*"]
+    pub events: u64,
+    #[c_type = "Diagnostics*"]
+    pub diag: u64,
+    /// A wait longer than this gives up.
+    pub wait_limit_ns: u64,
+    /// Steps since the events were zeroed (the sequence's step counter).
+    pub step: u32,
+    pub workers: u32,
+}
+
+impl KernelParams {
+    /// The struct's bytes, little-endian, in its C layout: what a launch passes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.to_words()
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect()
+    }
+}
+
+/// `WeightRef::format` of a weight stored as `format`: its index in [`WeightFormat::ALL`] (the
+/// C enumerators are `FORMAT_<NAME>`; the layouts are described in `templates/common/weights.cuh`).
+pub fn format_code(format: WeightFormat) -> u32 {
+    WeightFormat::ALL
+        .iter()
+        .position(|&f| f == format)
+        .expect("ALL lists every format") as u32
+}
+
+/// Every declaration of the ABI in C, for `generated.cuh`: the version, the operand aliases, the
+/// weight formats and task kinds, each struct, the operand union and the dispatch list
+/// `MIMO_TASK_KINDS(X)`, which expands `X(TASK_NAME, union_member, run_name)` once per kind.
+/// Needs the scalar typedefs of `templates/common/abi.cuh` before it.
+pub fn c_declarations() -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "#define MIMO_ABI_VERSION {ABI_VERSION}u");
+    let _ = writeln!(s, "#define MIMO_NONE 0x{NONE:x}u");
+    for alias in ["ArenaOffset", "StateOffset", "WeightIndex"] {
+        let _ = writeln!(s, "typedef u32 {alias};");
+    }
+    s.push_str("enum WeightFormat : u32 {\n");
+    for f in WeightFormat::ALL {
+        let name = f.name().to_uppercase();
+        let _ = writeln!(s, "    FORMAT_{name} = {},", format_code(f));
+    }
+    s.push_str("};\nenum TaskKind : u32 {\n");
+    for (number, kind) in kinds::KINDS.iter().enumerate() {
+        let _ = writeln!(s, "    {} = {number},", kind.c_enum());
+    }
+    s.push_str("};\n");
+    for decl in [
+        Task::C_DECLARATION,
+        Wait::C_DECLARATION,
+        WeightRef::C_DECLARATION,
+        Diagnostics::C_DECLARATION,
+    ] {
+        s.push_str(decl);
+    }
+    let mut declared = vec![];
+    for kind in kinds::KINDS {
+        if !declared.contains(&kind.args_name) {
+            declared.push(kind.args_name);
+            s.push_str(kind.args_declaration);
+        }
+    }
+    let _ = writeln!(
+        s,
+        "// The operands of one fused op, as its kind's member.\nunion OpArgs {{"
+    );
+    for kind in kinds::KINDS {
+        let _ = writeln!(s, "    {} {};", kind.args_name, kind.name);
+    }
+    let _ = writeln!(s, "    u32 words[{}];\n}};", kinds::OP_ARGS_WORDS);
+    s.push_str(KernelParams::C_DECLARATION);
+    s.push_str("#define MIMO_TASK_KINDS(X)");
+    for kind in kinds::KINDS {
+        let _ = write!(
+            s,
+            " \\\n    X({}, {}, run_{})",
+            kind.c_enum(),
+            kind.name,
+            kind.name
+        );
+    }
+    s.push('\n');
+    s
 }
 
 /// Why a program cannot run on the megakernel.
@@ -89,28 +254,36 @@ pub struct AbiTables {
     pub queue_start: Vec<u32>,
     pub waits: Vec<Wait>,
     pub triggers: Vec<u32>,
-    pub ops: Vec<OpArgs>,
+    /// Each fused op's operands, in program order.
+    pub ops: Vec<TaskArgs>,
     /// Weight names in weight-table order (`KernelParams::weights`).
     pub weights: Vec<String>,
 }
 
+impl AbiTables {
+    /// The operand table's words: each op's `OpArgs`, zero-padded to the union's size.
+    pub fn op_words(&self) -> Vec<u32> {
+        let mut words = Vec::with_capacity(self.ops.len() * kinds::OP_ARGS_WORDS);
+        for op in &self.ops {
+            let start = words.len();
+            op.write_words(&mut words);
+            words.resize(start + kinds::OP_ARGS_WORDS, 0);
+        }
+        words
+    }
+
+    pub fn task_words(&self) -> Vec<u32> {
+        self.tasks.iter().flat_map(Task::to_words).collect()
+    }
+
+    pub fn wait_words(&self) -> Vec<u32> {
+        self.waits.iter().flat_map(Wait::to_words).collect()
+    }
+}
+
 /// Encodes `program` for the kernel.
 pub fn encode(program: &Program) -> Result<AbiTables, AbiError> {
-    let graph = &program.graph;
-    let weights: Vec<String> = graph
-        .nodes_of(|k| matches!(k, NodeKind::Weight))
-        .map(|(_, n)| n.name.clone())
-        .collect();
-    let enc = Encoder {
-        program,
-        graph,
-        weights: &weights,
-    };
-    let ops = program
-        .ops
-        .iter()
-        .map(|op| enc.op_args(op))
-        .collect::<Result<Vec<_>, _>>()?;
+    let (ops, weights) = kinds::encode_ops(program)?;
     let mut t = AbiTables {
         tasks: vec![],
         task_ids: vec![],
@@ -118,15 +291,13 @@ pub fn encode(program: &Program) -> Result<AbiTables, AbiError> {
         waits: vec![],
         triggers: vec![],
         ops,
-        weights: weights.clone(),
+        weights,
     };
     for queue in &program.schedule.queues {
         for &id in queue {
             let task = &program.tasks[id];
-            let op = &program.ops[task.op];
-            let kind = task_kind(op.kind).ok_or_else(|| AbiError::NoTemplate(op.name.clone()))?;
             t.tasks.push(Task {
-                kind,
+                kind: t.ops[task.op].kind_number(),
                 op: task.op as u32,
                 unit_begin: task.units.start as u32,
                 unit_end: task.units.end as u32,
@@ -147,519 +318,72 @@ pub fn encode(program: &Program) -> Result<AbiTables, AbiError> {
     Ok(t)
 }
 
-struct Encoder<'a> {
-    program: &'a Program,
-    graph: &'a Graph,
-    weights: &'a [String],
-}
-
-impl Encoder<'_> {
-    fn node(&self, n: usize) -> &mimo_ir::Node {
-        self.graph.node(NodeIndex::new(n))
-    }
-
-    /// Members of `op` running op `name`, in execution order.
-    fn members<'o>(&self, op: &'o FusedOp, name: &str) -> Vec<&'o crate::fuse::Member> {
-        op.members
-            .iter()
-            .filter(|m| self.node(m.node).op().is_some_and(|o| o.name() == name))
-            .collect()
-    }
-
-    fn one(&self, op: &FusedOp, name: &str) -> Result<usize, AbiError> {
-        match self.members(op, name)[..] {
-            [m] => Ok(m.node),
-            _ => Err(AbiError::NoTemplate(op.name.clone())),
-        }
-    }
-
-    fn input(&self, node: usize, slot: usize) -> Value {
-        self.node(node).inputs[slot]
-    }
-
-    /// Arena offset of a value.
-    fn arena(&self, v: Value) -> Result<u32, AbiError> {
-        self.place(v, Buffer::Arena)
-    }
-
-    fn state(&self, v: Value) -> Result<u32, AbiError> {
-        self.place(v, Buffer::State)
-    }
-
-    fn place(&self, v: Value, buffer: Buffer) -> Result<u32, AbiError> {
-        match self.program.memory.location(v) {
-            Some(loc) if loc.buffer == buffer => Ok(loc.offset as u32),
-            _ => Err(AbiError::Shape {
-                op: self.graph.node(v.node).name.clone(),
-                message: format!("value has no {buffer:?} place"),
-            }),
-        }
-    }
-
-    /// Weight-table index of the weight operand `v`.
-    fn weight(&self, v: Value) -> Result<u32, AbiError> {
-        let name = &self.graph.node(v.node).name;
-        match self.graph.node(v.node).kind {
-            NodeKind::Weight => Ok(self
-                .weights
-                .iter()
-                .position(|w| w == name)
-                .expect("listed above") as u32),
-            _ => Err(AbiError::Shape {
-                op: name.clone(),
-                message: "expected a weight operand".into(),
-            }),
-        }
-    }
-
-    fn eps(&self, node: usize) -> f32 {
-        self.node(node)
-            .op()
-            .and_then(|o| o.as_any().downcast_ref::<RmsNorm>())
-            .map_or(0.0, |n| n.eps)
-    }
-
-    fn shape(&self, v: Value) -> &[usize] {
-        &self.graph.value_type(v).shape
-    }
-
-    /// The optional rank-3 (per-head) norm among `op`'s whole members, and the rope.
-    fn head_prologue(&self, op: &FusedOp) -> Result<(u32, f32, f32), AbiError> {
-        let norm = op
-            .members
-            .iter()
-            .find(|m| {
-                m.map == UnitMap::Whole
-                    && self
-                        .node(m.node)
-                        .op()
-                        .is_some_and(|o| o.as_any().is::<RmsNorm>())
-            })
-            .map(|m| m.node);
-        let rope = self.one(op, "rope")?;
-        let theta = self
-            .node(rope)
-            .op()
-            .and_then(|o| o.as_any().downcast_ref::<Rope>())
-            .map_or(0.0, |r| r.theta as f32);
-        Ok(match norm {
-            Some(n) => (
-                self.weight(self.input(n, RmsNorm::WEIGHT))?,
-                self.eps(n),
-                theta,
-            ),
-            None => (crate::abi::NONE, 0.0, theta),
-        })
-    }
-
-    /// The positions the group's (one) rope member rotates by.
-    fn rope_positions(&self, op: &FusedOp) -> Result<Value, AbiError> {
-        Ok(self.input(self.one(op, "rope")?, Rope::POSITIONS))
-    }
-
-    /// The value `v` is, or, when `v` is the result of one of `op`'s whole `rms_norm` members,
-    /// that norm's input, with the norm's weight index and eps.
-    fn through_norm(&self, op: &FusedOp, v: Value) -> Result<(Value, u32, f32), AbiError> {
-        let norm = op.members.iter().find(|m| {
-            m.node == v.node.index()
-                && m.map == UnitMap::Whole
-                && self
-                    .node(m.node)
-                    .op()
-                    .is_some_and(|o| o.as_any().is::<RmsNorm>())
-        });
-        match norm {
-            Some(m) => Ok((
-                self.input(m.node, RmsNorm::X),
-                self.weight(self.input(m.node, RmsNorm::WEIGHT))?,
-                self.eps(m.node),
-            )),
-            None => Ok((v, NONE, 0.0)),
-        }
-    }
-
-    fn shape_error(&self, op: &FusedOp, message: impl Into<String>) -> AbiError {
-        AbiError::Shape {
-            op: op.name.clone(),
-            message: message.into(),
-        }
-    }
-
-    fn op_args(&self, op: &FusedOp) -> Result<OpArgs, AbiError> {
-        let mut a = OpArgs {
-            values: [NONE; 8],
-            state: [NONE; 2],
-            weights: [NONE; 4],
-            ..OpArgs::default()
-        };
-        let dims = |a: &mut OpArgs, d: &[usize]| {
-            d.iter()
-                .enumerate()
-                .for_each(|(i, &x)| a.dims[i] = x as u32)
-        };
-        match op.kind {
-            FusedKind::Embed => {
-                let e = self.one(op, "embedding")?;
-                a.values[0] = self.arena(self.input(e, 1))?;
-                a.values[1] = self.arena(Value {
-                    node: NodeIndex::new(e),
-                    output: 0,
-                })?;
-                a.weights[0] = self.weight(self.input(e, 0))?;
-                dims(&mut a, &[self.shape(self.input(e, 0))[1]]);
-            }
-            FusedKind::NormMatmul
-            | FusedKind::LmHead
-            | FusedKind::DenseGateUp
-            | FusedKind::MatmulResidual => {
-                let linears = self.members(op, "linear");
-                let first = linears
-                    .first()
-                    .ok_or_else(|| AbiError::NoTemplate(op.name.clone()))?
-                    .node;
-                let norm = op.members.iter().find(|m| {
-                    m.map == UnitMap::Whole
-                        && self
-                            .node(m.node)
-                            .op()
-                            .is_some_and(|o| o.name() == "rms_norm")
-                });
-                let x = match norm {
-                    Some(n) => {
-                        a.weights[0] = self.weight(self.input(n.node, RmsNorm::WEIGHT))?;
-                        a.fparams[0] = self.eps(n.node);
-                        self.input(n.node, RmsNorm::X)
-                    }
-                    None => self.input(first, 0),
-                };
-                a.values[0] = self.arena(x)?;
-                let k = self.shape(x)[1];
-                if op.kind == FusedKind::LmHead {
-                    let partial = self.one(op, "argmax_partial")?;
-                    let l = linears[0].node;
-                    a.values[1] = self.arena(Value {
-                        node: NodeIndex::new(l),
-                        output: 0,
-                    })?;
-                    a.values[2] = self.arena(Value {
-                        node: NodeIndex::new(partial),
-                        output: 0,
-                    })?;
-                    a.values[3] = self.arena(Value {
-                        node: NodeIndex::new(partial),
-                        output: 1,
-                    })?;
-                    a.weights[1] = self.weight(self.input(l, 1))?;
-                    let chunk = match op.members.iter().find(|m| m.node == partial).map(|m| m.map) {
-                        Some(UnitMap::Tiled { den, .. }) => den,
-                        _ => return Err(AbiError::NoTemplate(op.name.clone())),
-                    };
-                    dims(&mut a, &[k, self.shape(self.input(l, 1))[0], chunk]);
-                } else if op.kind == FusedKind::DenseGateUp {
-                    let act = self.one(op, "silu_mul")?;
-                    let gate = self.input(act, SiluMul::GATE).node.index();
-                    let up = self.input(act, SiluMul::UP).node.index();
-                    let is_linear = |n: usize| linears.iter().any(|l| l.node == n);
-                    if linears.len() != 2 || !is_linear(gate) || !is_linear(up) {
-                        return Err(AbiError::NoTemplate(op.name.clone()));
-                    }
-                    a.values[1] = self.arena(Value {
-                        node: NodeIndex::new(act),
-                        output: 0,
-                    })?;
-                    a.weights[1] = self.weight(self.input(gate, 1))?;
-                    a.weights[2] = self.weight(self.input(up, 1))?;
-                    let n = self.shape(self.input(gate, 1))[0];
-                    dims(&mut a, &[k, n, 0, 0, self.shape(x)[0]]);
-                } else if op.kind == FusedKind::MatmulResidual {
-                    let add = self.one(op, "add")?;
-                    let [l] = linears[..] else {
-                        return Err(AbiError::NoTemplate(op.name.clone()));
-                    };
-                    a.values[1] = self.arena(Value {
-                        node: NodeIndex::new(add),
-                        output: 0,
-                    })?;
-                    a.values[4] = self.arena(self.other_input(add, l.node)?)?;
-                    a.weights[1] = self.weight(self.input(l.node, 1))?;
-                    let n = self.shape(self.input(l.node, 1))[0];
-                    dims(&mut a, &[k, n, 0, 0, self.shape(x)[0]]);
-                } else {
-                    if linears.len() > 3 {
-                        return Err(AbiError::NoTemplate(op.name.clone()));
-                    }
-                    a.dims[0] = k as u32;
-                    a.dims[4] = self.shape(x)[0] as u32;
-                    for (i, l) in linears.iter().enumerate() {
-                        a.values[1 + i] = self.arena(Value {
-                            node: NodeIndex::new(l.node),
-                            output: 0,
-                        })?;
-                        a.weights[1 + i] = self.weight(self.input(l.node, 1))?;
-                        a.dims[1 + i] = self.shape(self.input(l.node, 1))[0] as u32;
-                    }
-                }
-            }
-            FusedKind::KvAppend => {
-                let appends = self.members(op, "kv_append");
-                let [k_app, v_app] = appends[..] else {
-                    return Err(AbiError::NoTemplate(op.name.clone()));
-                };
-                // The key path goes through RoPE; the value path is only reshaped.
-                let through_rope = |m: usize| {
-                    self.node(self.input(m, KvAppend::NEW).node.index())
-                        .op()
-                        .is_some_and(|o| o.name() == "rope")
-                };
-                let (k_app, v_app) = if through_rope(k_app.node) {
-                    (k_app.node, v_app.node)
-                } else {
-                    (v_app.node, k_app.node)
-                };
-                let raw = |app: usize| -> Value {
-                    // new <- [rope <- [norm <-]] reshape <- raw projection
-                    let mut v = self.input(app, KvAppend::NEW);
-                    while self
-                        .node(v.node.index())
-                        .op()
-                        .is_some_and(|o| o.name() != "linear")
-                    {
-                        v = self.input(v.node.index(), 0);
-                    }
-                    v
-                };
-                a.values[0] = self.arena(raw(k_app))?;
-                a.values[1] = self.arena(raw(v_app))?;
-                let positions = self.input(k_app, KvAppend::POSITIONS);
-                if self.input(v_app, KvAppend::POSITIONS) != positions
-                    || self.rope_positions(op)? != positions
-                {
-                    return Err(self.shape_error(
-                        op,
-                        "the keys' RoPE and both appends must use one positions value",
-                    ));
-                }
-                a.values[2] = self.arena(positions)?;
-                a.state[0] = self.state(self.input(k_app, KvAppend::CACHE))?;
-                a.state[1] = self.state(self.input(v_app, KvAppend::CACHE))?;
-                let (norm_w, eps, theta) = self.head_prologue(op)?;
-                a.weights[0] = norm_w;
-                let cache = self.shape(self.input(k_app, KvAppend::CACHE));
-                let rows = self.shape(self.input(k_app, KvAppend::NEW))[0];
-                dims(&mut a, &[cache[1], cache[2], rows]);
-                a.fparams[..2].copy_from_slice(&[eps, theta]);
-            }
-            FusedKind::AttentionPartial => {
-                let p = self.one(op, "attention_partial")?;
-                let att = self
-                    .node(p)
-                    .op()
-                    .and_then(|o| o.as_any().downcast_ref::<AttentionPartial>())
-                    .expect("named so");
-                let mut q = self.input(p, AttentionPartial::Q);
-                while self
-                    .node(q.node.index())
-                    .op()
-                    .is_some_and(|o| o.name() != "linear")
-                {
-                    q = self.input(q.node.index(), 0);
-                }
-                a.values[0] = self.arena(q)?;
-                let positions = self.input(p, AttentionPartial::POSITIONS);
-                a.values[1] = self.arena(positions)?;
-                // The queries may be rotated by other positions than the causal limit (the
-                // DFlash draft's block attends non-causally up to its last position).
-                let rope = self.rope_positions(op)?;
-                if rope != positions {
-                    a.values[4] = self.arena(rope)?;
-                }
-                a.values[2] = self.arena(Value {
-                    node: NodeIndex::new(p),
-                    output: 0,
-                })?;
-                a.values[3] = self.arena(Value {
-                    node: NodeIndex::new(p),
-                    output: 1,
-                })?;
-                a.state[0] = self.state(self.input(p, AttentionPartial::K_CACHE))?;
-                a.state[1] = self.state(self.input(p, AttentionPartial::V_CACHE))?;
-                let (norm_w, eps, theta) = self.head_prologue(op)?;
-                a.weights[0] = norm_w;
-                let (qs, cache) = (
-                    self.shape(self.input(p, 0)),
-                    self.shape(self.input(p, AttentionPartial::K_CACHE)),
-                );
-                dims(&mut a, &[qs[1], cache[1], cache[2], att.splits, cache[0]]);
-                a.fparams[..3].copy_from_slice(&[eps, theta, att.scale]);
-            }
-            FusedKind::OprojResidual => {
-                let (c, l, add) = (
-                    self.one(op, "attention_combine")?,
-                    self.one(op, "linear")?,
-                    self.one(op, "add")?,
-                );
-                a.values[0] = self.arena(self.input(c, 0))?;
-                a.values[1] = self.arena(self.input(c, 1))?;
-                a.values[2] = self.arena(self.other_input(add, l)?)?;
-                a.values[3] = self.arena(Value {
-                    node: NodeIndex::new(add),
-                    output: 0,
-                })?;
-                a.weights[0] = self.weight(self.input(l, 1))?;
-                let acc = self.shape(self.input(c, 0));
-                dims(
-                    &mut a,
-                    &[acc[1], acc[3], acc[2], self.shape(self.input(l, 1))[0]],
-                );
-            }
-            FusedKind::ExpertGateUp | FusedKind::ExpertDown => {
-                let route = self.one(op, "router_topk")?;
-                let r = self
-                    .node(route)
-                    .op()
-                    .and_then(|o| o.as_any().downcast_ref::<RouterTopK>())
-                    .expect("named so");
-                let logits = self.input(route, 0);
-                let experts = self.members(op, "expert_linear");
-                let w0 = self.shape(self.input(experts[0].node, 2));
-                let (e, top_k) = (w0[0], r.k);
-                if op.kind == FusedKind::ExpertGateUp {
-                    let act = self.one(op, "silu_mul")?;
-                    let norm = self.one(op, "rms_norm")?;
-                    let gate = self.input(act, SiluMul::GATE).node.index();
-                    let up = self.input(act, SiluMul::UP).node.index();
-                    a.values[0] = self.arena(self.input(norm, RmsNorm::X))?;
-                    a.values[1] = self.arena(logits)?;
-                    a.values[2] = self.arena(Value {
-                        node: NodeIndex::new(act),
-                        output: 0,
-                    })?;
-                    a.weights[0] = self.weight(self.input(norm, RmsNorm::WEIGHT))?;
-                    a.weights[1] = self.weight(self.input(gate, 2))?;
-                    a.weights[2] = self.weight(self.input(up, 2))?;
-                    a.fparams[0] = self.eps(norm);
-                    dims(&mut a, &[w0[2], e, top_k, w0[1], r.normalize as usize]);
-                } else {
-                    let (down, add) = (experts[0].node, self.one(op, "add")?);
-                    let ws = self.one(op, "weighted_sum")?;
-                    a.values[0] = self.arena(self.input(down, 0))?;
-                    a.values[1] = self.arena(logits)?;
-                    a.values[2] = self.arena(self.other_input(add, ws)?)?;
-                    a.values[3] = self.arena(Value {
-                        node: NodeIndex::new(add),
-                        output: 0,
-                    })?;
-                    a.weights[0] = self.weight(self.input(down, 2))?;
-                    dims(&mut a, &[w0[1], e, top_k, w0[2], r.normalize as usize]);
-                }
-            }
-            FusedKind::ArgmaxCombine => {
-                let c = self.one(op, "argmax_combine")?;
-                a.values[0] = self.arena(self.input(c, 0))?;
-                a.values[1] = self.arena(self.input(c, 1))?;
-                a.values[2] = self.arena(Value {
-                    node: NodeIndex::new(c),
-                    output: 0,
-                })?;
-                dims(&mut a, &[self.shape(self.input(c, 0))[1]]);
-            }
-            FusedKind::Concat => {
-                let c = self.one(op, "concat")?;
-                let axis = self
-                    .node(c)
-                    .op()
-                    .and_then(|o| o.as_any().downcast_ref::<Concat>())
-                    .expect("named so")
-                    .axis;
-                for (i, slot) in [Concat::A, Concat::B].into_iter().enumerate() {
-                    let (src, norm_w, eps) = self.through_norm(op, self.input(c, slot))?;
-                    if self.shape(src).len() != 2 {
-                        return Err(self.shape_error(op, "concat operands must be rank 2"));
-                    }
-                    a.values[i] = self.arena(src)?;
-                    a.weights[i] = norm_w;
-                    a.fparams[i] = eps;
-                }
-                // Any other member (a norm no operand comes from) is not in the template.
-                if op.members.len() != 1 + a.weights[..2].iter().filter(|&&w| w != NONE).count() {
-                    return Err(AbiError::NoTemplate(op.name.clone()));
-                }
-                a.values[2] = self.arena(Value {
-                    node: NodeIndex::new(c),
-                    output: 0,
-                })?;
-                let (sa, sb) = (
-                    self.shape(self.input(c, Concat::A)),
-                    self.shape(self.input(c, Concat::B)),
-                );
-                dims(&mut a, &[axis, sa[0], sa[1], sb[0], sb[1]]);
-            }
-            FusedKind::Accept => {
-                let acc = self.one(op, "accept")?;
-                a.values[0] = self.arena(self.input(acc, Accept::BLOCK))?;
-                a.values[1] = self.arena(self.input(acc, Accept::POSTERIOR))?;
-                for (i, output) in [Accept::ACCEPTED, Accept::COMMITTED]
-                    .into_iter()
-                    .enumerate()
-                {
-                    a.values[2 + i] = self.arena(Value {
-                        node: NodeIndex::new(acc),
-                        output,
-                    })?;
-                }
-                dims(&mut a, &[self.shape(self.input(acc, Accept::BLOCK))[0]]);
-            }
-            FusedKind::Generic => return Err(AbiError::NoTemplate(op.name.clone())),
-        }
-        Ok(a)
-    }
-
-    /// The operand of binary `node` that is not produced by `from`.
-    fn other_input(&self, node: usize, from: usize) -> Result<Value, AbiError> {
-        self.node(node)
-            .inputs
-            .iter()
-            .copied()
-            .find(|v| v.node.index() != from)
-            .ok_or_else(|| AbiError::Shape {
-                op: self.node(node).name.clone(),
-                message: "expected a residual operand".into(),
-            })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fuse::FusedKind;
     use crate::fuse::tests::tiny;
     use crate::{CompileOptions, Machine, compile};
     use mimo_ir::Architecture;
     use mimo_ir::model::decode_graph;
 
     #[test]
-    fn struct_layouts_match_abi_cuh() {
-        assert_eq!(std::mem::size_of::<Task>(), 32);
-        assert_eq!(std::mem::size_of::<Wait>(), 8);
-        assert_eq!(std::mem::size_of::<OpArgs>(), 104);
-        let header = include_str!("../../templates/common/abi.cuh");
-        assert!(header.contains(&format!("#define MIMO_ABI_VERSION {ABI_VERSION}u")));
-        for (name, value) in [
-            ("TASK_EMBED", 0),
-            ("TASK_NORM_MATMUL", 1),
-            ("TASK_KV_APPEND", 2),
-            ("TASK_ATTENTION_PARTIAL", 3),
-            ("TASK_OPROJ_RESIDUAL", 4),
-            ("TASK_EXPERT_GATE_UP", 5),
-            ("TASK_EXPERT_DOWN", 6),
-            ("TASK_LM_HEAD", 7),
-            ("TASK_ARGMAX_COMBINE", 8),
-            ("TASK_DENSE_GATE_UP", 9),
-            ("TASK_MATMUL_RESIDUAL", 10),
-            ("TASK_CONCAT", 11),
-            ("TASK_ACCEPT", 12),
-        ] {
-            assert!(header.contains(&format!("{name} = {value},")), "{name}");
+    fn structs_encode_in_their_declared_layout() {
+        assert_eq!(Task::WORDS, 8);
+        assert_eq!(WeightRef::WORDS, 8);
+        assert_eq!(KernelParams::WORDS, 24);
+        let w = WeightRef {
+            data: 0x1122_3344_5566_7788,
+            scales: 0,
+            tensor_scale: 0.5,
+            format: format_code(WeightFormat::Nvfp4),
+            rows: 3,
+            cols: 64,
+        };
+        let words = w.to_words();
+        assert_eq!(
+            words,
+            [0x5566_7788, 0x1122_3344, 0, 0, 0.5f32.to_bits(), 4, 3, 64]
+        );
+        assert_eq!(WeightRef::from_words(&words), w);
+        let p = KernelParams {
+            tasks: 0x0102_0304_0506_0708,
+            step: 7,
+            workers: 9,
+            ..KernelParams::default()
+        };
+        let bytes = p.to_bytes();
+        assert_eq!(bytes.len(), std::mem::size_of::<KernelParams>());
+        assert_eq!(&bytes[..8], &0x0102_0304_0506_0708u64.to_le_bytes());
+        assert_eq!(&bytes[88..], &[7, 0, 0, 0, 9, 0, 0, 0]);
+        assert_eq!(std::mem::offset_of!(KernelParams, step), 88);
+    }
+
+    #[test]
+    fn the_c_declarations_follow_the_rust_ones() {
+        let c = c_declarations();
+        assert!(c.contains(&format!("#define MIMO_ABI_VERSION {ABI_VERSION}u")));
+        assert!(
+            c.contains("struct KernelParams {\n    const Task* tasks;\n"),
+            "{c}"
+        );
+        assert!(
+            c.contains("    u64 wait_limit_ns;\n    // Steps since"),
+            "{c}"
+        );
+        assert!(c.contains("    FORMAT_MXFP4 = 3,\n"));
+        assert!(c.contains("    ArenaOffset out[3];\n"), "{c}");
+        for (number, kind) in kinds::KINDS.iter().enumerate() {
+            assert!(c.contains(&format!("    {} = {number},\n", kind.c_enum())));
+            assert!(c.contains(&format!(
+                "X({}, {}, run_{})",
+                kind.c_enum(),
+                kind.name,
+                kind.name
+            )));
         }
+        // A struct is declared once however many kinds share it.
+        assert_eq!(c.matches("struct DenseProjectionArgs {").count(), 1);
     }
 
     #[test]
@@ -679,22 +403,20 @@ mod tests {
             assert_eq!(t.tasks.len(), program.tasks.len());
             assert_eq!(t.queue_start.len(), 6);
             assert_eq!(*t.queue_start.last().unwrap() as usize, t.tasks.len());
+            assert_eq!(t.op_words().len(), t.ops.len() * kinds::OP_ARGS_WORDS);
             let mut seen = t.task_ids.clone();
             seen.sort_unstable();
             assert_eq!(seen, (0..program.tasks.len()).collect::<Vec<_>>());
             for (i, task) in t.tasks.iter().enumerate() {
                 let op = &t.ops[task.op as usize];
-                for &v in op.values.iter().filter(|&&v| v != NONE) {
-                    assert!(
-                        (v as usize) < program.memory.arena_len,
-                        "task {i}: arena offset {v}"
-                    );
-                }
-                for &s in op.state.iter().filter(|&&s| s != NONE) {
-                    assert!((s as usize) < program.memory.state_len);
-                }
-                for &w in op.weights.iter().filter(|&&w| w != NONE) {
-                    assert!((w as usize) < t.weights.len());
+                assert_eq!(op.kind(), program.ops[task.op as usize].kind);
+                for (role, field, v) in op.operands().into_iter().filter(|o| o.2 != NONE) {
+                    let bound = match role {
+                        Operand::ArenaOffset => program.memory.arena_len,
+                        Operand::StateOffset => program.memory.state_len,
+                        Operand::WeightIndex => t.weights.len(),
+                    };
+                    assert!((v as usize) < bound, "task {i}: {field} = {v}");
                 }
                 let waits = &t.waits[task.wait_begin as usize..][..task.wait_count as usize];
                 assert!(
@@ -709,7 +431,10 @@ mod tests {
                 .iter()
                 .position(|o| o.kind == FusedKind::KvAppend)
                 .unwrap();
-            assert_eq!(t.ops[kv].weights[0] == NONE, arch == Architecture::Mixtral);
+            let TaskArgs::KvAppend(kv) = &t.ops[kv] else {
+                panic!("kv_append encodes as its kind")
+            };
+            assert_eq!(kv.k_norm == NONE, arch == Architecture::Mixtral);
         }
     }
 }

@@ -69,6 +69,7 @@ pub fn generated_header(spec: &ModelSpec, program: &Program) -> String {
     ] {
         let _ = writeln!(s, "#define {name} {value}");
     }
+    s.push_str(&crate::abi::c_declarations());
     s
 }
 

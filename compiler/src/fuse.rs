@@ -21,6 +21,9 @@ use mimo_ir::ops::{
     ArgmaxCombine, ArgmaxPartial, Attention, AttentionCombine, AttentionPartial, SiluMul,
 };
 use petgraph::graph::NodeIndex;
+
+pub use crate::kinds::FusedKind;
+use crate::kinds::{OpTypes, classify};
 use serde::{Deserialize, Serialize};
 
 /// Choices the rewrite makes.
@@ -131,32 +134,6 @@ pub struct Member {
     /// Node index in the (rewritten) graph.
     pub node: usize,
     pub map: UnitMap,
-}
-
-/// Which device function runs a fused op (see `templates/common/abi.cuh`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FusedKind {
-    Embed,
-    NormMatmul,
-    KvAppend,
-    AttentionPartial,
-    OprojResidual,
-    ExpertGateUp,
-    ExpertDown,
-    LmHead,
-    ArgmaxCombine,
-    /// A dense SwiGLU's gate and up projections (of one optionally normed input) and the
-    /// `silu_mul` over them.
-    DenseGateUp,
-    /// One projection and a residual add (a dense MLP's down projection).
-    MatmulResidual,
-    /// `concat` of two values, each optionally through an `rms_norm` first.
-    Concat,
-    /// DFlash acceptance of a verified block.
-    Accept,
-    /// A group no template implements: runs on the CPU schedule executor only.
-    Generic,
 }
 
 /// A fused op: its members in execution order, its unit space, and the values it writes to memory.
@@ -332,7 +309,8 @@ fn try_sibling(
     direct: &BTreeSet<usize>,
     groups: &mut [Group],
 ) -> Option<usize> {
-    let name = op_of(graph, n)?.name();
+    let op = op_of(graph, n)?;
+    let is_linear = op.as_any().is::<mimo_ir::ops::Linear>();
     let shared = |a: NodeIndex| {
         let mine: BTreeSet<Value> = data_inputs(graph, n);
         data_inputs(graph, a).iter().any(|v| mine.contains(v))
@@ -341,13 +319,13 @@ fn try_sibling(
     for g in 0..groups.len() {
         let anchor_op = op_of(graph, groups[g].anchor)?;
         // `n` must not read (even transitively) the group it would join.
-        if anchor_op.name() != name
+        if anchor_op.as_any().type_id() != op.as_any().type_id()
             || direct.iter().any(|&d| depends_on(groups, d, g))
             || !shared(groups[g].anchor)
         {
             continue;
         }
-        let paired = name == "linear" && gate_up_pair(graph, groups[g].anchor, n);
+        let paired = is_linear && gate_up_pair(graph, groups[g].anchor, n);
         let grp = &mut groups[g];
         // Projections concatenate their outputs, except the gate and up projections of a dense
         // SwiGLU, which share their units so that the `silu_mul` reading both can join as an
@@ -358,7 +336,7 @@ fn try_sibling(
                 continue;
             }
             UnitMap::same(units)
-        } else if name == "linear" {
+        } else if is_linear {
             let map = UnitMap::Tiled {
                 offset: grp.units,
                 len: units,
@@ -585,13 +563,10 @@ fn finish_group(graph: &Graph, grp: &Group) -> Result<FusedOp, FuseError> {
         }
     }
     let anchor = graph.node(grp.anchor);
-    let names: BTreeSet<&str> = members
-        .iter()
-        .filter_map(|(_, n)| op_of(graph, *n).map(|op| op.name()))
-        .collect();
+    let types = OpTypes::of(members.iter().filter_map(|(_, n)| op_of(graph, *n)));
     Ok(FusedOp {
         name: anchor.name.clone(),
-        kind: classify(&names),
+        kind: classify(&types),
         members: members
             .into_iter()
             .map(|(_, n)| Member {
@@ -603,45 +578,6 @@ fn finish_group(graph: &Graph, grp: &Group) -> Result<FusedOp, FuseError> {
         quantum: grp.quantum,
         exports,
     })
-}
-
-/// Names the device function a group's ops make up.
-fn classify(ops: &BTreeSet<&str>) -> FusedKind {
-    let has = |n: &str| ops.contains(n);
-    let only = |allowed: &[&str]| ops.iter().all(|o| allowed.contains(o));
-    if has("embedding") {
-        FusedKind::Embed
-    } else if has("kv_append") {
-        FusedKind::KvAppend
-    } else if has("attention_partial") {
-        FusedKind::AttentionPartial
-    } else if has("expert_linear") && has("silu_mul") {
-        FusedKind::ExpertGateUp
-    } else if has("expert_linear") && has("weighted_sum") {
-        FusedKind::ExpertDown
-    } else if has("argmax_partial") {
-        FusedKind::LmHead
-    } else if has("argmax_combine") {
-        FusedKind::ArgmaxCombine
-    } else if has("attention_combine") && has("linear") {
-        FusedKind::OprojResidual
-    } else if only(&["linear", "rms_norm", "reshape", "silu_mul"]) && has("silu_mul") {
-        FusedKind::DenseGateUp
-    } else if only(&["linear", "rms_norm", "reshape", "add"]) && has("add") && has("linear") {
-        FusedKind::MatmulResidual
-    } else if only(&["concat", "rms_norm"]) && has("concat") {
-        FusedKind::Concat
-    } else if only(&["accept"]) && has("accept") {
-        FusedKind::Accept
-    } else if has("linear")
-        && ops
-            .iter()
-            .all(|o| ["linear", "rms_norm", "reshape"].contains(o))
-    {
-        FusedKind::NormMatmul
-    } else {
-        FusedKind::Generic
-    }
 }
 
 #[cfg(test)]

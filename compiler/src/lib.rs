@@ -7,10 +7,14 @@
 //! [`artifact`] writes and reads the artifact directory; [`nvrtc`] compiles the kernel source and
 //! [`resources`] reads ptxas's and cuobjdump's resource reports.
 
+// `#[derive(CStruct)]` names `::mimo_compiler::abi::CStruct`, here as in the runtime.
+extern crate self as mimo_compiler;
+
 pub mod abi;
 pub mod artifact;
 pub mod codegen;
 pub mod fuse;
+pub mod kinds;
 pub mod nvrtc;
 pub mod plan;
 pub mod program;

@@ -1,4 +1,5 @@
-//! mimo-macros: the `#[op]` attribute with which IR ops are declared.
+//! mimo-macros: the `#[op]` attribute with which IR ops are declared, and `#[derive(CStruct)]`,
+//! with which the structs the kernel reads are declared once for Rust and C (see `macros/src/c_struct.rs`).
 //!
 //! An op is a struct whose fields are its attributes, declared in its own file under
 //! `ir/src/ops/`:
@@ -20,6 +21,8 @@
 //!   so code indexes operands by name, never by a bare number;
 //! - `OP_ENTRY`, the registry entry that `ir/build.rs` collects from every file in `ir/src/ops/`.
 
+mod c_struct;
+
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
 use quote::{format_ident, quote};
@@ -33,6 +36,16 @@ pub fn op(attr: TokenStream, item: TokenStream) -> TokenStream {
     let args = syn::parse_macro_input!(attr as OpArgs);
     let item = syn::parse_macro_input!(item as ItemStruct);
     match expand(args, item) {
+        Ok(tokens) => tokens.into(),
+        Err(err) => err.to_compile_error().into(),
+    }
+}
+
+/// Declares a struct the kernel reads; see the `c_struct` module.
+#[proc_macro_derive(CStruct, attributes(c_type))]
+pub fn derive_c_struct(item: TokenStream) -> TokenStream {
+    let input = syn::parse_macro_input!(item as syn::DeriveInput);
+    match c_struct::expand(input) {
         Ok(tokens) => tokens.into(),
         Err(err) => err.to_compile_error().into(),
     }

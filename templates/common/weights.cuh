@@ -1,5 +1,11 @@
-// Weights in their stored formats (WeightRef, see common/abi.cuh): scalar element reads, and the
-// per-lane streaming loads + decode that feed the tensor-core projections (common/project.cuh).
+// Weights in their stored formats (WeightRef, declared in generated.cuh): scalar element reads,
+// and the per-lane streaming loads + decode that feed the tensor-core projections
+// (common/project.cuh).
+//
+// Formats (WeightRef::format, the FORMAT_* of generated.cuh): f32, bf16 and f16 elements, little-
+// endian; MXFP4: packed E2M1 codes, 2 per byte, element 2j in the low nibble of byte j, and one
+// E8M0 scale byte per 32 elements along a row; NVFP4: the codes as MXFP4, one E4M3 scale byte per
+// 16 elements, value = (e2m1 * e4m3_scale) * tensor_scale, in that order, in f32.
 //
 // Streaming layout (one 16-row group of a weight, one mma per 16 k): lane (g, c) reads rows g and
 // g + 8 of the group, in 16-byte "granules" of SEG elements (4 f32, 8 bf16/f16, 32 fp4 codes).

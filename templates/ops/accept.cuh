@@ -10,11 +10,11 @@
 
 namespace mimo {
 
-__device__ __noinline__ u32 run_accept(const KernelParams& p, const OpArgs& a, u32, u32, u8*) {
+__device__ __noinline__ u32 run_accept(const KernelParams& p, const AcceptArgs& a, u32, u32, u8*) {
     if (warp_id() != 0) return kOk;
-    const u32 B = a.dims[0], lane = lane_id();
-    const float* block = p.arena + a.values[0];
-    const float* posterior = p.arena + a.values[1];
+    const u32 B = a.block_len, lane = lane_id();
+    const float* block = p.arena + a.block;
+    const float* posterior = p.arena + a.posterior;
     u32 accepted = B - 1;  // every draft matches unless a mismatch is found below
     for (u32 base = 0; base + 1 < B; base += 32) {
         const u32 i = base + lane;
@@ -25,9 +25,9 @@ __device__ __noinline__ u32 run_accept(const KernelParams& p, const OpArgs& a, u
             break;
         }
     }
-    if (lane == 0) st_i32(p.arena + a.values[2], (i32)accepted);
+    if (lane == 0) st_i32(p.arena + a.accepted, (i32)accepted);
     for (u32 i = lane; i < B; i += 32)
-        st_i32(p.arena + a.values[3] + i, i <= accepted ? ld_act_i32(posterior + i) : -1);
+        st_i32(p.arena + a.committed + i, i <= accepted ? ld_act_i32(posterior + i) : -1);
     return kOk;
 }
 

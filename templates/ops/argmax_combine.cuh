@@ -7,11 +7,11 @@
 
 namespace mimo {
 
-__device__ __noinline__ u32 run_argmax_combine(const KernelParams& p, const OpArgs& a, u32 unit_begin, u32 unit_end,
+__device__ __noinline__ u32 run_argmax_combine(const KernelParams& p, const ArgmaxCombineArgs& a, u32 unit_begin, u32 unit_end,
                                                u8*) {
-    const u32 chunks = a.dims[0], lane = lane_id();
+    const u32 chunks = a.chunks, lane = lane_id();
     for (u32 t = unit_begin + warp_id(); t < unit_end; t += kWarps) {
-        const float* maxima = p.arena + a.values[0] + t * chunks;
+        const float* maxima = p.arena + a.chunk_max + t * chunks;
         float best = neg_inf();
         u32 best_c = 0xffffffffu;
         for (u32 c = lane; c < chunks; c += 32) {
@@ -22,7 +22,7 @@ __device__ __noinline__ u32 run_argmax_combine(const KernelParams& p, const OpAr
             }
         }
         warp_argmax(best, best_c);
-        if (lane == 0) st_i32(p.arena + a.values[2] + t, ld_act_i32(p.arena + a.values[1] + t * chunks + best_c));
+        if (lane == 0) st_i32(p.arena + a.next + t, ld_act_i32(p.arena + a.chunk_argmax + t * chunks + best_c));
     }
     return kOk;
 }

@@ -3,7 +3,7 @@
 // each K and V row read. For token t the context is L = positions[t] + 1 rows and split s covers
 // rows [s*L/splits, (s+1)*L/splits). Per query head h:
 //   q = rope(qk_norm ? rms_norm(q_raw[t, h, :], q_norm_w) : q_raw[t, h, :], rope_pos[t])
-// (rope_pos = positions unless the op has its own, values[4]: the DFlash draft's block queries are
+// (rope_pos = positions unless the op has its own, rope_positions: the DFlash draft's block queries are
 // rotated at their own positions but all attend up to the block's last)
 //   s_j = scale * dot(q, k_cache[j, kvh, :]);  m = max_j s_j;  l = sum_j exp(s_j - m);
 //   acc = sum_j exp(s_j - m) * v_cache[j, kvh, :]          (empty split: m = -inf, l = 0, acc = 0)
@@ -145,10 +145,10 @@ __device__ __forceinline__ void attention_values(const AttnSmem& sm, const u16* 
     }
 }
 
-__device__ __noinline__ u32 run_attention_partial(const KernelParams& p, const OpArgs& a, u32 unit_begin, u32 unit_end,
+__device__ __noinline__ u32 run_attention_partial(const KernelParams& p, const AttentionPartialArgs& a, u32 unit_begin, u32 unit_end,
                                                   u8* smem) {
-    const u32 heads = a.dims[0], kv_heads = a.dims[1], hd = a.dims[2], splits = a.dims[3];
-    const float eps = a.fparams[0], theta = a.fparams[1], scale = a.fparams[2];
+    const u32 heads = a.heads, kv_heads = a.kv_heads, hd = a.head_dim, splits = a.splits;
+    const float eps = a.eps, theta = a.rope_theta, scale = a.scale;
     if (hd > MIMO_MAX_HEAD_DIM || hd % 2u != 0) return kOverLimit;
     const u32 G = heads / kv_heads;
     // One array: q and acc [G][HD] each, scores [G][chunk], m, l, alpha [G] each.
@@ -162,11 +162,11 @@ __device__ __noinline__ u32 run_attention_partial(const KernelParams& p, const O
     sm.l = sm.m + G;
     sm.alpha = sm.l + G;
 
-    const bool norm = a.weights[0] != MIMO_NONE;
+    const bool norm = a.q_norm != MIMO_NONE;
     WeightDesc nw = {};
-    if (norm) nw = weight_desc(p, a.weights[0]);
-    const u16* k_cache = p.state + a.state[0];
-    const u16* v_cache = p.state + a.state[1];
+    if (norm) nw = weight_desc(p, a.q_norm);
+    const u16* k_cache = p.state + a.k_cache;
+    const u16* v_cache = p.state + a.v_cache;
     const u64 row_stride = (u64)kv_heads * hd;  // elements between consecutive positions
     const bool vec = hd % 8u == 0 && ((u64)k_cache & 15u) == 0;  // 16-byte K loads
     const bool v32 = ((u64)v_cache & 3u) == 0;                  // 4-byte V loads (hd is even)
@@ -174,14 +174,14 @@ __device__ __noinline__ u32 run_attention_partial(const KernelParams& p, const O
     for (u32 u = unit_begin; u < unit_end; ++u) {
         const u32 kvh = u / splits, s = u % splits;
         for (u32 t = 0; t < kTokens; ++t) {
-            const i32 pos = ld_act_i32(p.arena + a.values[1] + t);
-            const i32 rope_pos = a.values[4] == MIMO_NONE ? pos : ld_act_i32(p.arena + a.values[4] + t);
+            const i32 pos = ld_act_i32(p.arena + a.positions + t);
+            const i32 rope_pos = a.rope_positions == MIMO_NONE ? pos : ld_act_i32(p.arena + a.rope_positions + t);
             const u64 L = (u64)(u32)pos + 1u;
             const u32 r0 = (u32)(s * L / splits), r1 = (u32)((s + 1u) * L / splits);
 
             for (u32 h = warp_id(); h < G; h += kWarps) {
                 float* q = sm.q + h * hd;
-                head_norm_rope(p.arena + a.values[0] + (t * heads + kvh * G + h) * hd, hd, norm, nw, eps, theta,
+                head_norm_rope(p.arena + a.q_raw + (t * heads + kvh * G + h) * hd, hd, norm, nw, eps, theta,
                                rope_pos, [&](u32 d, float v) { q[d] = v; });
             }
             for (u32 i = threadIdx.x; i < G * hd; i += MIMO_THREADS) sm.acc[i] = 0.0f;
@@ -205,10 +205,10 @@ __device__ __noinline__ u32 run_attention_partial(const KernelParams& p, const O
             const u32 slot0 = (t * heads + kvh * G) * splits + s;  // (t, first head of the group, s)
             for (u32 i = threadIdx.x; i < G * hd; i += MIMO_THREADS) {
                 const u32 h = i / hd, d = i % hd;
-                st_f32(p.arena + a.values[2] + (u64)(slot0 + h * splits) * hd + d, sm.acc[i]);
+                st_f32(p.arena + a.acc + (u64)(slot0 + h * splits) * hd + d, sm.acc[i]);
             }
             for (u32 h = threadIdx.x; h < G; h += MIMO_THREADS) {
-                float* ml = p.arena + a.values[3] + (u64)(slot0 + h * splits) * 2u;
+                float* ml = p.arena + a.ml + (u64)(slot0 + h * splits) * 2u;
                 st_f32(ml, sm.m[h]);
                 st_f32(ml + 1, sm.l[h]);
             }

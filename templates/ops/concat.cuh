@@ -13,13 +13,13 @@
 
 namespace mimo {
 
-__device__ __noinline__ u32 run_concat(const KernelParams& p, const OpArgs& a, u32 unit_begin, u32 unit_end, u8*) {
-    const u32 axis = a.dims[0];
-    const u32 rows_a = a.dims[1], cols_a = a.dims[2], rows_b = a.dims[3], cols_b = a.dims[4];
+__device__ __noinline__ u32 run_concat(const KernelParams& p, const ConcatArgs& a, u32 unit_begin, u32 unit_end, u8*) {
+    const u32 axis = a.axis;
+    const u32 rows_a = a.rows[0], cols_a = a.cols[0], rows_b = a.rows[1], cols_b = a.cols[1];
     const u32 rows = axis == 0 ? rows_a + rows_b : rows_a;
     const u32 cols = axis == 0 ? cols_a : cols_a + cols_b;
     const u32 lane = lane_id();
-    float* y = p.arena + a.values[2];
+    float* y = p.arena + a.y;
     for (u32 r = warp_id(); r < rows; r += kWarps) {
         // The operand rows this row of y takes columns from; on axis 1 both, split at cols_a.
         for (u32 side = 0; side < 2; ++side) {
@@ -38,8 +38,8 @@ __device__ __noinline__ u32 run_concat(const KernelParams& p, const OpArgs& a, u
             const u32 lo = max_u32(unit_begin, c_lo), hi = min_u32(unit_end, c_hi);
             if (lo >= hi) continue;
             const u32 n = side == 0 ? cols_a : cols_b;  // the operand's row length
-            const float* x = p.arena + a.values[side] + src_row * n;
-            const u32 norm_weight = a.weights[side];
+            const float* x = p.arena + a.src[side] + src_row * n;
+            const u32 norm_weight = a.norm[side];
             float inv = 1.0f;
             WeightDesc nw = {};
             if (norm_weight != MIMO_NONE) {
@@ -49,7 +49,7 @@ __device__ __noinline__ u32 run_concat(const KernelParams& p, const OpArgs& a, u
                     const float v = ld_act_f32(x + c);
                     ssq = fmaf(v, v, ssq);
                 }
-                inv = 1.0f / sqrtf(warp_sum(ssq) / (float)n + a.fparams[side]);
+                inv = 1.0f / sqrtf(warp_sum(ssq) / (float)n + a.eps[side]);
             }
             for (u32 c = lo + lane; c < hi; c += 32) {
                 const u32 src_c = c - c_lo;

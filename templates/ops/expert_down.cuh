@@ -17,16 +17,16 @@ namespace mimo {
 // The projection mapping (see common/project.cuh). Lives in shared memory (ProjPlan::map).
 struct ExpertDownMap {
     const KernelParams* p;
-    const OpArgs* a;
+    const ExpertDownArgs* a;
     const Routing* route;
     u32 unit_begin, unit_end;
     bool first_slab, last_slab;
 
     __device__ u32 group_rows(u32 group) const { return min_u32(16u, unit_end - unit_begin - 16u * group); }
     __device__ Term term(u32 group, u32 d) const {
-        const u32 H = a->dims[0];
+        const u32 H = a->hidden;
         Term tm;
-        tm.weight = a->weights[0];
+        tm.weight = a->down;
         tm.row0 = (u64)route->expert[d] * H + unit_begin + 16u * group;
         tm.nrows = group_rows(group);
         tm.plane = 0;
@@ -35,25 +35,25 @@ struct ExpertDownMap {
     __device__ i32 slot_of(u32 d, u32 n) const { return n < kTokens ? route->slot[d * kTokens + n] : -1; }
     __device__ u32 b_row(u32, u32 d, u32 n) const {
         const i32 j = slot_of(d, n);
-        return j < 0 ? 0u : n * a->dims[2] + (u32)j;
+        return j < 0 ? 0u : n * a->top_k + (u32)j;
     }
     __device__ float col_scale(u32, u32 d, u32 n) const {
         const i32 j = slot_of(d, n);
-        return j < 0 ? 0.0f : route->weights[n * a->dims[2] + (u32)j];
+        return j < 0 ? 0.0f : route->weights[n * a->top_k + (u32)j];
     }
     __device__ void emit(u32 group, u32 row, u32 n, float v, float) const {
-        const u32 H = a->dims[0];
+        const u32 H = a->hidden;
         const u32 i = n * H + unit_begin + 16u * group + row;
-        float* out = p->arena + a->values[3] + i;
+        float* out = p->arena + a->out + i;
         if (!first_slab) v = ld_act_f32(out) + v;
-        if (last_slab) v = ld_act_f32(p->arena + a->values[2] + i) + v;
+        if (last_slab) v = ld_act_f32(p->arena + a->residual + i) + v;
         st_f32(out, v);
     }
 };
 
-__device__ __noinline__ u32 run_expert_down(const KernelParams& p, const OpArgs& a, u32 unit_begin, u32 unit_end,
+__device__ __noinline__ u32 run_expert_down(const KernelParams& p, const ExpertDownArgs& a, u32 unit_begin, u32 unit_end,
                                             u8* smem) {
-    const u32 E = a.dims[1], top_k = a.dims[2], I = a.dims[3];
+    const u32 E = a.experts, top_k = a.top_k, I = a.intermediate;
     if (E > MIMO_MAX_EXPERTS || top_k > MIMO_MAX_TOP_K || top_k > E) return kOverLimit;
     Carve cv = {smem, smem + MIMO_SMEM_BYTES};
     Routing* route = cv.take<Routing>(1);
@@ -73,8 +73,8 @@ __device__ __noinline__ u32 run_expert_down(const KernelParams& p, const OpArgs&
     if (status != kOk) return status;
 
     // Routing's top-k (warp t: token t) runs beside the staging of the first slab.
-    route_topk(p.arena + a.values[1], E, top_k, a.dims[4] != 0, *route);
-    const float* act = p.arena + a.values[0];
+    route_topk(p.arena + a.router_logits, E, top_k, a.normalize_top_k != 0, *route);
+    const float* act = p.arena + a.act;
     for (u32 k_lo = 0; k_lo < I; k_lo += slab) {
         const u32 k_hi = min_u32(I, k_lo + slab);
         stage_rows(pass.stage, rows, k_hi - k_lo, [&](u32 row, u32 k) { return ld_act_f32(act + row * I + k_lo + k); });

@@ -14,7 +14,7 @@ namespace mimo {
 // The projection mapping (see common/project.cuh). Lives in shared memory (ProjPlan::map).
 struct GateUpMap {
     const KernelParams* p;
-    const OpArgs* a;
+    const ExpertGateUpArgs* a;
     const Routing* route;
     u32 unit_begin, unit_end;
     u32 feature_groups;  // 16-feature groups in the tile
@@ -24,9 +24,9 @@ struct GateUpMap {
         return min_u32(16u, unit_end - unit_begin - 16u * (group % feature_groups));
     }
     __device__ Term term(u32 group, u32 t) const {
-        const u32 I = a->dims[3];
+        const u32 I = a->intermediate;
         Term tm;
-        tm.weight = a->weights[1 + t];
+        tm.weight = t == 0 ? a->gate : a->up;
         tm.row0 = (u64)route->expert[group / feature_groups] * I + unit_begin + 16u * (group % feature_groups);
         tm.nrows = group_rows(group);
         tm.plane = t;
@@ -37,15 +37,15 @@ struct GateUpMap {
     __device__ void emit(u32 group, u32 row, u32 n, float gate, float up) const {
         const i32 j = route->slot[(group / feature_groups) * kTokens + n];
         if (j < 0) return;  // token n did not choose this expert
-        const u32 top_k = a->dims[2], I = a->dims[3];
+        const u32 top_k = a->top_k, I = a->intermediate;
         const u32 feature = unit_begin + 16u * (group % feature_groups) + row;
-        st_f32(p->arena + a->values[2] + (n * top_k + (u32)j) * I + feature, silu(gate) * up);
+        st_f32(p->arena + a->act + (n * top_k + (u32)j) * I + feature, silu(gate) * up);
     }
 };
 
-__device__ __noinline__ u32 run_expert_gate_up(const KernelParams& p, const OpArgs& a, u32 unit_begin, u32 unit_end,
+__device__ __noinline__ u32 run_expert_gate_up(const KernelParams& p, const ExpertGateUpArgs& a, u32 unit_begin, u32 unit_end,
                                                u8* smem) {
-    const u32 H = a.dims[0], E = a.dims[1], top_k = a.dims[2];
+    const u32 H = a.hidden, E = a.experts, top_k = a.top_k;
     if (E > MIMO_MAX_EXPERTS || top_k > MIMO_MAX_TOP_K || top_k > E) return kOverLimit;
     Carve cv = {smem, smem + MIMO_SMEM_BYTES};
     Routing* route = cv.take<Routing>(1);
@@ -55,8 +55,8 @@ __device__ __noinline__ u32 run_expert_gate_up(const KernelParams& p, const OpAr
     if (status != kOk) return status;
 
     // Routing's top-k (warp t: token t) and the staging of the normed input run side by side.
-    route_topk(p.arena + a.values[1], E, top_k, a.dims[4] != 0, *route);
-    const RowNorm norm = stage_normed_rows(p, p.arena + a.values[0], H, a.weights[0], a.fparams[0], pass.stage, red);
+    route_topk(p.arena + a.router_logits, E, top_k, a.normalize_top_k != 0, *route);
+    const RowNorm norm = stage_normed_rows(p, p.arena + a.x, H, a.norm, a.eps, pass.stage, red);
     __syncthreads();
     if (warp_id() == 0) {
         route_distinct(E, top_k, *route);

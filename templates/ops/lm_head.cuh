@@ -11,14 +11,14 @@ namespace mimo {
 // The projection mapping (see common/project.cuh). Lives in shared memory (ProjPlan::map).
 struct LmHeadMap {
     const KernelParams* p;
-    const OpArgs* a;
+    const LmHeadArgs* a;
     u32 unit_begin, unit_end;
     RowNorm norm;
 
     __device__ u32 group_rows(u32 group) const { return min_u32(16u, unit_end - unit_begin - 16u * group); }
     __device__ Term term(u32 group, u32) const {
         Term t;
-        t.weight = a->weights[1];
+        t.weight = a->lm_head;
         t.row0 = unit_begin + 16u * group;
         t.nrows = group_rows(group);
         t.plane = 0;
@@ -27,19 +27,19 @@ struct LmHeadMap {
     __device__ u32 b_row(u32, u32, u32 n) const { return min_u32(n, kTokens - 1); }
     __device__ float col_scale(u32, u32, u32 n) const { return norm.scale(min_u32(n, kTokens - 1)); }
     __device__ void emit(u32 group, u32 row, u32 n, float v, float) const {
-        st_f32(p->arena + a->values[1] + n * a->dims[1] + unit_begin + 16u * group + row, v);
+        st_f32(p->arena + a->logits + n * a->vocab + unit_begin + 16u * group + row, v);
     }
 };
 
-__device__ __noinline__ u32 run_lm_head(const KernelParams& p, const OpArgs& a, u32 unit_begin, u32 unit_end, u8* smem) {
-    const u32 H = a.dims[0], V = a.dims[1], chunk = a.dims[2];
+__device__ __noinline__ u32 run_lm_head(const KernelParams& p, const LmHeadArgs& a, u32 unit_begin, u32 unit_end, u8* smem) {
+    const u32 H = a.hidden, V = a.vocab, chunk = a.chunk;
     Carve cv = {smem, smem + MIMO_SMEM_BYTES};
     float* red = cv.take<float>(kWarps * kTokens);
     Pass pass;
     const u32 status = carve_pass(cv, smem, kTokens, H, pass);
     if (status != kOk) return status;
 
-    const RowNorm norm = stage_normed_rows(p, p.arena + a.values[0], H, a.weights[0], a.fparams[0], pass.stage, red);
+    const RowNorm norm = stage_normed_rows(p, p.arena + a.x, H, a.norm, a.eps, pass.stage, red);
     if (threadIdx.x == 0) {
         LmHeadMap map;
         map.p = &p;
@@ -66,7 +66,7 @@ __device__ __noinline__ u32 run_lm_head(const KernelParams& p, const OpArgs& a, 
     for (u32 i = warp_id(); c_begin + i / kTokens < c_end; i += kWarps) {
         const u32 t = i % kTokens, c = c_begin + i / kTokens;
         const u32 lo = c * chunk, hi = min_u32(lo + chunk, V);
-        const float* row = p.arena + a.values[1] + t * V;
+        const float* row = p.arena + a.logits + t * V;
         float best = neg_inf();
         u32 best_i = 0xffffffffu;
         for (u32 n = lo + lane; n < hi; n += 32) {
@@ -78,8 +78,8 @@ __device__ __noinline__ u32 run_lm_head(const KernelParams& p, const OpArgs& a, 
         }
         warp_argmax(best, best_i);
         if (lane == 0) {
-            st_f32(p.arena + a.values[2] + t * chunks + c, best);
-            st_i32(p.arena + a.values[3] + t * chunks + c, (i32)best_i);
+            st_f32(p.arena + a.chunk_max + t * chunks + c, best);
+            st_i32(p.arena + a.chunk_argmax + t * chunks + c, (i32)best_i);
         }
     }
     return kOk;

@@ -30,7 +30,7 @@ namespace mimo {
 // (ProjPlan::map).
 struct NormMatmulMap {
     const KernelParams* p;
-    const OpArgs* a;
+    const DenseProjectionArgs* a;
     u32 row0[3];   // weight i's first row in this tile
     u32 rows[3];   // weight i's rows in this tile
     u32 first[3];  // weight i's first group
@@ -51,7 +51,7 @@ struct NormMatmulMap {
     __device__ Term term(u32 group, u32 t) const {
         Term tm;
         // Gate/up: one weight per term (the same rows of both); otherwise one per segment.
-        tm.weight = a->weights[1 + (kind == TASK_DENSE_GATE_UP ? t : segment(group))];
+        tm.weight = a->w[kind == TASK_DENSE_GATE_UP ? t : segment(group)];
         tm.row0 = group_row0(group);
         tm.nrows = group_rows(group);
         tm.plane = t;
@@ -65,8 +65,8 @@ struct NormMatmulMap {
     __device__ void emit(u32 group, u32 row, u32 n, float v0, float v1) const {
         if (n >= ntok) return;
         const u32 s = segment(group);
-        const u32 i = (tok0 + n) * a->dims[1 + s] + group_row0(group) + row;
-        float* out = p->arena + a->values[1 + s] + i;
+        const u32 i = (tok0 + n) * a->n[s] + group_row0(group) + row;
+        float* out = p->arena + a->out[s] + i;
         if (kind == TASK_DENSE_GATE_UP) {
             st_f32(out, silu(v0) * v1);
             return;
@@ -74,16 +74,16 @@ struct NormMatmulMap {
         // Each element is emitted by one thread per slab; a later slab may read it back on
         // another warp, after the barrier that ends every slab (run_dense_projection).
         if (!first_slab) v0 = ld_act_f32(out) + v0;
-        if (last_slab && kind == TASK_MATMUL_RESIDUAL) v0 = ld_act_f32(p->arena + a->values[4] + i) + v0;
+        if (last_slab && kind == TASK_MATMUL_RESIDUAL) v0 = ld_act_f32(p->arena + a->residual + i) + v0;
         st_f32(out, v0);
     }
 };
 
 // The body of the three kinds (`kind` says which).
-__device__ __noinline__ u32 run_dense_projection(const KernelParams& p, const OpArgs& a, u32 kind, u32 unit_begin,
+__device__ __noinline__ u32 run_dense_projection(const KernelParams& p, const DenseProjectionArgs& a, u32 kind, u32 unit_begin,
                                                  u32 unit_end, u8* smem) {
-    const u32 K = a.dims[0], R = a.dims[4];
-    const bool one_slab = a.weights[0] != MIMO_NONE || kind == TASK_DENSE_GATE_UP;
+    const u32 K = a.k, R = a.rows;
+    const bool one_slab = a.norm != MIMO_NONE || kind == TASK_DENSE_GATE_UP;
     Carve cv = {smem, smem + MIMO_SMEM_BYTES};
     float* red = cv.take<float>(kWarps * kTokens);
 
@@ -102,14 +102,14 @@ __device__ __noinline__ u32 run_dense_projection(const KernelParams& p, const Op
     const u32 status = carve_pass(cv, smem, kTokens, slab, pass);
     if (status != kOk) return status;
 
-    const float* x = p.arena + a.values[0];
+    const float* x = p.arena + a.x;
     for (u32 tok0 = 0; tok0 < R; tok0 += kTokens) {
         const u32 ntok = min_u32(kTokens, R - tok0);
         for (u32 k_lo = 0; k_lo < K; k_lo += slab) {
             const u32 k_hi = min_u32(K, k_lo + slab);
             RowNorm norm = {nullptr, K, 0.0f};
             if (slab == K) {
-                norm = stage_normed_rows(p, x + tok0 * K, K, a.weights[0], a.fparams[0], pass.stage, red, ntok);
+                norm = stage_normed_rows(p, x + tok0 * K, K, a.norm, a.eps, pass.stage, red, ntok);
             } else {
                 stage_rows(pass.stage, kTokens, k_hi - k_lo, [&](u32 row, u32 k) {
                     return row < ntok ? ld_act_f32(x + (tok0 + row) * K + k_lo + k) : 0.0f;
@@ -130,7 +130,7 @@ __device__ __noinline__ u32 run_dense_projection(const KernelParams& p, const Op
                 const u32 weights = kind == TASK_NORM_MATMUL ? 3u : 1u;
                 u32 off = 0, groups = 0;
                 for (u32 i = 0; i < 3; ++i) {
-                    const u32 N = i < weights && a.values[1 + i] != MIMO_NONE ? a.dims[1 + i] : 0u;
+                    const u32 N = i < weights && a.out[i] != MIMO_NONE ? a.n[i] : 0u;
                     const u32 lo = max_u32(unit_begin, off), hi = min_u32(unit_end, off + N);
                     map.row0[i] = hi > lo ? lo - off : 0u;
                     map.rows[i] = hi > lo ? hi - lo : 0u;
@@ -156,17 +156,17 @@ __device__ __noinline__ u32 run_dense_projection(const KernelParams& p, const Op
     return kOk;
 }
 
-__device__ __noinline__ u32 run_norm_matmul(const KernelParams& p, const OpArgs& a, u32 unit_begin, u32 unit_end,
+__device__ __noinline__ u32 run_norm_matmul(const KernelParams& p, const DenseProjectionArgs& a, u32 unit_begin, u32 unit_end,
                                             u8* smem) {
     return run_dense_projection(p, a, TASK_NORM_MATMUL, unit_begin, unit_end, smem);
 }
 
-__device__ __noinline__ u32 run_dense_gate_up(const KernelParams& p, const OpArgs& a, u32 unit_begin, u32 unit_end,
+__device__ __noinline__ u32 run_dense_gate_up(const KernelParams& p, const DenseProjectionArgs& a, u32 unit_begin, u32 unit_end,
                                               u8* smem) {
     return run_dense_projection(p, a, TASK_DENSE_GATE_UP, unit_begin, unit_end, smem);
 }
 
-__device__ __noinline__ u32 run_matmul_residual(const KernelParams& p, const OpArgs& a, u32 unit_begin, u32 unit_end,
+__device__ __noinline__ u32 run_matmul_residual(const KernelParams& p, const DenseProjectionArgs& a, u32 unit_begin, u32 unit_end,
                                                 u8* smem) {
     return run_dense_projection(p, a, TASK_MATMUL_RESIDUAL, unit_begin, unit_end, smem);
 }

@@ -12,13 +12,13 @@ namespace mimo {
 // The projection mapping (see common/project.cuh). Lives in shared memory (ProjPlan::map).
 struct OprojMap {
     const KernelParams* p;
-    const OpArgs* a;
+    const OprojResidualArgs* a;
     u32 unit_begin, unit_end;
 
     __device__ u32 group_rows(u32 group) const { return min_u32(16u, unit_end - unit_begin - 16u * group); }
     __device__ Term term(u32 group, u32) const {
         Term t;
-        t.weight = a->weights[0];
+        t.weight = a->wo;
         t.row0 = unit_begin + 16u * group;
         t.nrows = group_rows(group);
         t.plane = 0;
@@ -27,20 +27,20 @@ struct OprojMap {
     __device__ u32 b_row(u32, u32, u32 n) const { return min_u32(n, kTokens - 1); }
     __device__ float col_scale(u32, u32, u32) const { return 1.0f; }
     __device__ void emit(u32 group, u32 row, u32 n, float v, float) const {
-        const u32 H = a->dims[3];
+        const u32 H = a->hidden;
         const u32 i = n * H + unit_begin + 16u * group + row;
-        st_f32(p->arena + a->values[3] + i, ld_act_f32(p->arena + a->values[2] + i) + v);
+        st_f32(p->arena + a->out + i, ld_act_f32(p->arena + a->residual + i) + v);
     }
 };
 
 // One warp merges the partials of (token t, head h) into B row t, columns h*HD .. h*HD + HD.
-__device__ __forceinline__ void merge_attention_head(const KernelParams& p, const OpArgs& a, const BStage& stage,
+__device__ __forceinline__ void merge_attention_head(const KernelParams& p, const OprojResidualArgs& a, const BStage& stage,
                                                      u32 t, u32 h) {
     constexpr u32 M = (MIMO_MAX_HEAD_DIM + 63) / 64;  // column pairs per lane
-    const u32 heads = a.dims[0], hd = a.dims[1], splits = a.dims[2];
+    const u32 heads = a.heads, hd = a.head_dim, splits = a.splits;
     const u32 lane = lane_id();
-    const float* ml = p.arena + a.values[1] + (t * heads + h) * splits * 2u;
-    const float* acc = p.arena + a.values[0] + (t * heads + h) * splits * hd;
+    const float* ml = p.arena + a.ml + (t * heads + h) * splits * 2u;
+    const float* acc = p.arena + a.acc + (t * heads + h) * splits * hd;
     float m_max = neg_inf();
     for (u32 s = lane; s < splits; s += 32) m_max = fmaxf(m_max, ld_act_f32(ml + 2u * s));
     m_max = warp_max(m_max);
@@ -69,9 +69,9 @@ __device__ __forceinline__ void merge_attention_head(const KernelParams& p, cons
     }
 }
 
-__device__ __noinline__ u32 run_oproj_residual(const KernelParams& p, const OpArgs& a, u32 unit_begin, u32 unit_end,
+__device__ __noinline__ u32 run_oproj_residual(const KernelParams& p, const OprojResidualArgs& a, u32 unit_begin, u32 unit_end,
                                                u8* smem) {
-    const u32 heads = a.dims[0], hd = a.dims[1], K = heads * hd;
+    const u32 heads = a.heads, hd = a.head_dim, K = heads * hd;
     if (hd > MIMO_MAX_HEAD_DIM || hd % 2u != 0) return kOverLimit;
     Carve cv = {smem, smem + MIMO_SMEM_BYTES};
     Pass pass;

@@ -16,9 +16,9 @@
 use anyhow::{Context, Result, anyhow, bail};
 use mimo_compiler::abi::NONE;
 
-use super::abi_layout::{DIAG_WORDS, Diagnostics};
 use super::megakernel::Megakernel;
 use crate::device::DeviceFailure;
+use mimo_compiler::abi::{CStruct, Diagnostics};
 
 impl Megakernel {
     /// Waits for everything enqueued, then checks the diagnostics: the one place where device
@@ -38,7 +38,7 @@ impl Megakernel {
         let d = Diagnostics::from_words(
             &self
                 .diag
-                .read_words(0, DIAG_WORDS)
+                .read_words(0, Diagnostics::WORDS)
                 .context("reading the diagnostics")?,
         );
         if d.aborted != 0 {

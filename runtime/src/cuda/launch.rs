@@ -37,10 +37,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use mimo_ir::{Tensor, TensorData};
 
-use super::abi_layout::KernelParams;
 use super::arena::Port;
 use super::megakernel::Megakernel;
 use crate::device::{DeviceBuffer, DeviceFailure, LaunchShape, MemClass};
+use mimo_compiler::abi::KernelParams;
 
 /// How steps are launched and how long anything may wait.
 #[derive(Debug, Clone, Copy, PartialEq)]

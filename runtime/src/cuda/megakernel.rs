@@ -13,10 +13,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use mimo_compiler::Program;
-use mimo_compiler::abi::{self, AbiTables};
+use mimo_compiler::abi::{self, AbiTables, CStruct, Diagnostics};
 use mimo_ir::weights::WeightStore;
 
-use super::abi_layout::{DIAG_WORDS, op_words, task_words};
 use super::arena::{Port, ports};
 use super::kernel::{KERNEL_NAME, KernelImage, check_launchable};
 use super::launch::LaunchOptions;
@@ -126,24 +125,11 @@ impl Megakernel {
             DeviceBuffer::from_words(&dev, &words, MemClass::Tables, what)
                 .with_context(|| format!("uploading the {what}"))
         };
-        let d_tasks = upload(
-            "task table",
-            tables.tasks.iter().flat_map(task_words).collect(),
-        )?;
+        let d_tasks = upload("task table", tables.task_words())?;
         let d_queue_start = upload("queue table", tables.queue_start.clone())?;
-        let d_waits = upload(
-            "wait table",
-            tables
-                .waits
-                .iter()
-                .flat_map(|w| [w.event, w.per_step])
-                .collect(),
-        )?;
+        let d_waits = upload("wait table", tables.wait_words())?;
         let d_triggers = upload("trigger table", tables.triggers.clone())?;
-        let d_ops = upload(
-            "operand table",
-            tables.ops.iter().flat_map(op_words).collect(),
-        )?;
+        let d_ops = upload("operand table", tables.op_words())?;
 
         let free = dev.free_memory()?;
         let needed = program.memory.arena_len * 4 + program.events.len() * 4;
@@ -170,7 +156,12 @@ impl Megakernel {
             MemClass::Sync,
             "event counters",
         )?;
-        let diag = DeviceBuffer::zeroed(&dev, words(DIAG_WORDS), MemClass::Sync, "diagnostics")?;
+        let diag = DeviceBuffer::zeroed(
+            &dev,
+            words(Diagnostics::WORDS),
+            MemClass::Sync,
+            "diagnostics",
+        )?;
         dev.synchronize(opts.host_timeout)
             .map_err(|e| anyhow!("uploading the model: {e}"))?;
 

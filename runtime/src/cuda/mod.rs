@@ -20,7 +20,6 @@
 //! - [`arena`]: graph inputs and outputs in the arena, device-side copies, readback;
 //! - [`diagnose`]: waiting for a step against a deadline, faults, hangs and aborted waits turned
 //!   into errors that name the task;
-//! - [`abi_layout`]: abi.cuh's structs and tables as the host writes and reads them;
 //! - [`timing`]: device time marks and copy bandwidth, for benchmarks;
 //! - [`engine`]: [`CudaEngine`], the [`crate::engine::Engine`] over a decode program, and
 //!   [`compile_in_memory`], a model compiled without an artifact directory.
@@ -32,7 +31,6 @@
 //! and reads results back only after it, so even a kernel that never returns becomes an error
 //! rather than a hung process.
 
-pub mod abi_layout;
 pub mod arena;
 pub mod diagnose;
 pub mod driver;

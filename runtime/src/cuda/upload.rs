@@ -1,5 +1,5 @@
 //! Weights to the device, in exactly the layout the kernel reads through `WeightRef`
-//! (`templates/common/abi.cuh`, `templates/common/weights.cuh`): each weight a row-major
+//! (`mimo_compiler::abi::WeightRef`, `templates/common/weights.cuh`): each weight a row-major
 //! `rows x cols` matrix along its reduction axis (rows = the product of all but the last
 //! dimension, so stacked experts `[E, N, K]` are `E * N` rows), in its stored format:
 //!
@@ -19,19 +19,14 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+use mimo_compiler::abi::{CStruct, WeightRef, format_code};
+use mimo_ir::formats::WeightFormat;
 use mimo_ir::weights::{Weight, WeightData, WeightStore};
 
 use crate::device::{Device, DeviceBuffer, MemClass};
 
 /// Alignment of every tensor (and scale table) in the pool: a whole DRAM sector group.
 pub const ALIGN: usize = 256;
-
-/// `WeightFormat` of abi.cuh.
-pub const FORMAT_F32: u32 = 0;
-pub const FORMAT_BF16: u32 = 1;
-pub const FORMAT_F16: u32 = 2;
-pub const FORMAT_MXFP4: u32 = 3;
-pub const FORMAT_NVFP4: u32 = 4;
 
 const _: () = assert!(
     cfg!(target_endian = "little"),
@@ -42,7 +37,7 @@ const _: () = assert!(
 #[derive(Debug, Clone, PartialEq)]
 pub struct WeightSlot {
     pub name: String,
-    pub format: u32,
+    pub format: WeightFormat,
     pub rows: u32,
     pub cols: u32,
     pub tensor_scale: f32,
@@ -78,13 +73,11 @@ pub fn stored_bytes(w: &Weight) -> (&[u8], Option<&[u8]>) {
     }
 }
 
-fn format_code(w: &Weight) -> (u32, f32) {
+/// The NVFP4 per-tensor scale, 1 for every other format.
+fn tensor_scale(w: &Weight) -> f32 {
     match &w.data {
-        WeightData::F32(_) => (FORMAT_F32, 1.0),
-        WeightData::Bf16(_) => (FORMAT_BF16, 1.0),
-        WeightData::F16(_) => (FORMAT_F16, 1.0),
-        WeightData::Mxfp4(_) => (FORMAT_MXFP4, 1.0),
-        WeightData::Nvfp4(m) => (FORMAT_NVFP4, m.tensor_scale),
+        WeightData::Nvfp4(m) => m.tensor_scale,
+        _ => 1.0,
     }
 }
 
@@ -106,7 +99,7 @@ pub fn plan_layout(names: &[String], store: &WeightStore) -> Result<WeightLayout
         let (Ok(rows32), Ok(cols32)) = (u32::try_from(rows), u32::try_from(cols)) else {
             bail!("weight `{name}` ({rows} x {cols}) is too large for the kernel's 32-bit sizes");
         };
-        let (format, tensor_scale) = format_code(w);
+        let (format, tensor_scale) = (w.format(), tensor_scale(w));
         let (data, scales) = stored_bytes(w);
         slots.push(WeightSlot {
             name: name.clone(),
@@ -124,26 +117,23 @@ pub fn plan_layout(names: &[String], store: &WeightStore) -> Result<WeightLayout
     })
 }
 
-/// abi.cuh `WeightRef` (32 bytes) of `slot` in a pool at device address `base`, as 8 words.
-pub fn weight_ref_words(slot: &WeightSlot, base: u64) -> [u32; 8] {
-    let data = base + slot.data.start as u64;
-    let scales = slot.scales.as_ref().map_or(0, |s| base + s.start as u64);
-    [
-        data as u32,
-        (data >> 32) as u32,
-        scales as u32,
-        (scales >> 32) as u32,
-        slot.tensor_scale.to_bits(),
-        slot.format,
-        slot.rows,
-        slot.cols,
-    ]
+/// The `WeightRef` of `slot` in a pool at device address `base`, as words.
+pub fn weight_ref_words(slot: &WeightSlot, base: u64) -> Vec<u32> {
+    WeightRef {
+        data: base + slot.data.start as u64,
+        scales: slot.scales.as_ref().map_or(0, |s| base + s.start as u64),
+        tensor_scale: slot.tensor_scale,
+        format: format_code(slot.format),
+        rows: slot.rows,
+        cols: slot.cols,
+    }
+    .to_words()
 }
 
 /// The `WeightRef` words of `names` (in that order) in `layout`'s pool at `base`: a program's
 /// weight table over a pool laid out for any superset of its weights.
 pub fn table_words(layout: &WeightLayout, names: &[String], base: u64) -> Result<Vec<u32>> {
-    let mut words = Vec::with_capacity(names.len() * 8);
+    let mut words = Vec::with_capacity(names.len() * WeightRef::WORDS);
     for name in names {
         let slot = layout
             .slots
@@ -249,12 +239,12 @@ mod tests {
         let [bf, mx, nv] = &layout.slots[..] else {
             panic!("{layout:?}")
         };
-        assert_eq!((bf.format, bf.rows, bf.cols), (FORMAT_BF16, 1, 5));
+        assert_eq!((bf.format, bf.rows, bf.cols), (WeightFormat::Bf16, 1, 5));
         assert_eq!(bf.data.len(), 10);
-        assert_eq!((mx.format, mx.rows, mx.cols), (FORMAT_MXFP4, 3, 64));
+        assert_eq!((mx.format, mx.rows, mx.cols), (WeightFormat::Mxfp4, 3, 64));
         assert_eq!(mx.data.len(), 3 * 32);
         assert_eq!(mx.scales.as_ref().unwrap().len(), 3 * 2);
-        assert_eq!((nv.format, nv.rows, nv.cols), (FORMAT_NVFP4, 2, 96));
+        assert_eq!((nv.format, nv.rows, nv.cols), (WeightFormat::Nvfp4, 2, 96));
         assert_eq!(nv.scales.as_ref().unwrap().len(), 2 * 6);
         let Some(WeightData::Nvfp4(m)) = store.get("nv").map(|w| &w.data) else {
             unreachable!()
@@ -281,7 +271,10 @@ mod tests {
             w[2] as u64 | (w[3] as u64) << 32,
             0x1_0000_0000 + mx.scales.as_ref().unwrap().start as u64
         );
-        assert_eq!(&w[4..], &[1f32.to_bits(), FORMAT_MXFP4, 3, 64]);
+        assert_eq!(
+            &w[4..],
+            &[1f32.to_bits(), format_code(WeightFormat::Mxfp4), 3, 64]
+        );
         assert_eq!(weight_ref_words(bf, 0)[2..4], [0, 0]);
     }
 
@@ -300,7 +293,7 @@ mod tests {
         let base = 1 << 40;
         // A program reading c then a gets exactly the pool's slots for c and a, in its order.
         let words = table_words(&layout, &["c".into(), "a".into()], base).unwrap();
-        let mut want = weight_ref_words(&layout.slots[2], base).to_vec();
+        let mut want = weight_ref_words(&layout.slots[2], base);
         want.extend(weight_ref_words(&layout.slots[0], base));
         assert_eq!(words, want);
         let err = table_words(&layout, &["d".into()], base).unwrap_err();
@@ -314,19 +307,5 @@ mod tests {
     fn a_missing_weight_is_named() {
         let err = plan_layout(&["layers.0.wq".to_string()], &WeightStore::new()).unwrap_err();
         assert!(err.to_string().contains("`layers.0.wq`"), "{err}");
-    }
-
-    #[test]
-    fn format_codes_match_abi_cuh() {
-        let header = include_str!("../../../templates/common/abi.cuh");
-        for (name, code) in [
-            ("FORMAT_F32", FORMAT_F32),
-            ("FORMAT_BF16", FORMAT_BF16),
-            ("FORMAT_F16", FORMAT_F16),
-            ("FORMAT_MXFP4", FORMAT_MXFP4),
-            ("FORMAT_NVFP4", FORMAT_NVFP4),
-        ] {
-            assert!(header.contains(&format!("{name} = {code},")), "{name}");
-        }
     }
 }

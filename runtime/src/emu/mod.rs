@@ -221,10 +221,10 @@ impl Device for EmuDevice {
         }
         let (path, note) = build::build_kernel_library(&image.source)?;
         let library = ffi::KernelLibrary::open(&path)?;
-        let expected = std::mem::size_of::<crate::cuda::abi_layout::KernelParams>() as u64;
+        let expected = std::mem::size_of::<mimo_compiler::abi::KernelParams>() as u64;
         if library.params_bytes != expected {
             bail!(
-                "kernel.cu's KernelParams has {} bytes, the runtime's {expected}: abi.cuh and abi_layout.rs disagree",
+                "kernel.cu's KernelParams has {} bytes, the runtime's {expected}: it was generated for another ABI than mimo_compiler::abi's",
                 library.params_bytes
             );
         }

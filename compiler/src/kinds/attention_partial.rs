@@ -1,0 +1,85 @@
+//! `attention_partial`: split-K ("flash decoding") attention. Unit u = KV head u / splits, split
+//! s = u % splits; it serves the G = HEADS / KVH query heads of that KV head. For row t the
+//! context is L = positions[t] + 1 rows and split s covers rows [s*L/splits, (s+1)*L/splits).
+//! Prologue per query head:
+//! q_h = rope(qk_norm ? rms_norm(q_raw[t, h, :], q_norm_w) : q_raw[t, h, :], rope_pos[t]);
+//! then scores_j = scale * dot(q_h, k_cache[j, kvh, :]), m = max_j scores_j,
+//! l = sum_j exp(scores_j - m), acc = sum_j exp(scores_j - m) * v_cache[j, kvh, :].
+//! An empty split has m = -inf, l = 0, acc = 0.
+
+use mimo_ir::ops::AttentionPartial;
+
+use super::{Encoder, OpTypes};
+use crate::abi::{AbiError, ArenaOffset, CStruct, NONE, StateOffset, WeightIndex};
+use crate::fuse::FusedOp;
+
+/// TASK_ATTENTION_PARTIAL's operands (compiler/src/kinds/attention_partial.rs).
+#[derive(Debug, Clone, Copy, PartialEq, CStruct)]
+#[repr(C)]
+pub struct AttentionPartialArgs {
+    /// [T, HEADS * HD], the raw query projection
+    pub q_raw: ArenaOffset,
+    /// i32 [T]: row t attends to context rows 0 ..= positions[t]
+    pub positions: ArenaOffset,
+    /// [T, HEADS, splits, HD]
+    pub acc: ArenaOffset,
+    /// [T, HEADS, splits, 2] = (m, l)
+    pub ml: ArenaOffset,
+    /// i32 [T], the queries' RoPE positions, or MIMO_NONE for `positions` (the DFlash draft's
+    /// queries sit at their own positions but all attend up to the block's last)
+    pub rope_positions: ArenaOffset,
+    /// bf16 [CTX, KVH, HD]
+    pub k_cache: StateOffset,
+    pub v_cache: StateOffset,
+    /// [HD], or MIMO_NONE
+    pub q_norm: WeightIndex,
+    pub heads: u32,
+    pub kv_heads: u32,
+    pub head_dim: u32,
+    pub splits: u32,
+    /// CTX
+    pub context: u32,
+    pub eps: f32,
+    pub rope_theta: f32,
+    pub scale: f32,
+}
+
+pub(super) fn fuses(ops: &OpTypes) -> bool {
+    ops.has::<AttentionPartial>()
+}
+
+pub(super) fn encode(cx: &Encoder, op: &FusedOp) -> Result<AttentionPartialArgs, AbiError> {
+    let p = cx.one::<AttentionPartial>(op)?;
+    let att = cx
+        .attrs::<AttentionPartial>(p)
+        .expect("a member of its type");
+    let positions = cx.input(p, AttentionPartial::POSITIONS);
+    // The queries may be rotated by other positions than the causal limit (the DFlash draft's
+    // block attends non-causally up to its last position).
+    let rope = cx.rope_positions(op)?;
+    let (q_norm, eps, rope_theta) = cx.head_prologue(op)?;
+    let q = cx.shape(cx.input(p, AttentionPartial::Q));
+    let cache = cx.shape(cx.input(p, AttentionPartial::K_CACHE));
+    Ok(AttentionPartialArgs {
+        q_raw: cx.arena(cx.raw_projection(cx.input(p, AttentionPartial::Q)))?,
+        positions: cx.arena(positions)?,
+        acc: cx.arena_out(p, AttentionPartial::ACC)?,
+        ml: cx.arena_out(p, AttentionPartial::ML)?,
+        rope_positions: if rope == positions {
+            NONE
+        } else {
+            cx.arena(rope)?
+        },
+        k_cache: cx.state(cx.input(p, AttentionPartial::K_CACHE))?,
+        v_cache: cx.state(cx.input(p, AttentionPartial::V_CACHE))?,
+        q_norm,
+        heads: q[1] as u32,
+        kv_heads: cache[1] as u32,
+        head_dim: cache[2] as u32,
+        splits: att.splits as u32,
+        context: cache[0] as u32,
+        eps,
+        rope_theta,
+        scale: att.scale,
+    })
+}

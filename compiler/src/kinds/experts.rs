@@ -1,0 +1,127 @@
+//! The routed experts, two kinds that each recompute the routing of every token from its router
+//! logits: p = softmax(logits[t, :]); the TOP_K largest (the lower index first on ties), in
+//! descending order; weights renormalised to sum 1 when `normalize_top_k`.
+//!
+//! - `expert_gate_up`: h = rms_norm(x, norm_w); for routed slot j of token t (expert e = id[t, j])
+//!   and feature n in the tile: act[t, j, n] = silu(h[t] . gate[e, n]) * (h[t] . up[e, n]).
+//!   Units: expert features (I).
+//! - `expert_down`: out[t, n] = residual[t, n] + sum_j w[t, j] * (act[t, j] . down[e_j, n])
+//!   (slots summed in order j = 0, 1, ...). Units: hidden features (H).
+
+use mimo_ir::ops::{Add, ExpertLinear, RmsNorm, RouterTopK, SiluMul, WeightedSum};
+
+use super::{Encoder, OpTypes};
+use crate::abi::{AbiError, ArenaOffset, CStruct, WeightIndex};
+use crate::fuse::FusedOp;
+
+/// TASK_EXPERT_GATE_UP's operands (compiler/src/kinds/experts.rs).
+#[derive(Debug, Clone, Copy, PartialEq, CStruct)]
+#[repr(C)]
+pub struct ExpertGateUpArgs {
+    /// [T, H]
+    pub x: ArenaOffset,
+    /// [T, E]
+    pub router_logits: ArenaOffset,
+    /// [T, TOP_K, I]
+    pub act: ArenaOffset,
+    /// [H]
+    pub norm: WeightIndex,
+    /// [E * I, H]
+    pub gate: WeightIndex,
+    /// [E * I, H]
+    pub up: WeightIndex,
+    pub hidden: u32,
+    pub experts: u32,
+    pub top_k: u32,
+    pub intermediate: u32,
+    /// 0 or 1
+    pub normalize_top_k: u32,
+    pub eps: f32,
+}
+
+/// TASK_EXPERT_DOWN's operands (compiler/src/kinds/experts.rs).
+#[derive(Debug, Clone, Copy, PartialEq, CStruct)]
+#[repr(C)]
+pub struct ExpertDownArgs {
+    /// [T, TOP_K, I]
+    pub act: ArenaOffset,
+    /// [T, E]
+    pub router_logits: ArenaOffset,
+    /// [T, H]
+    pub residual: ArenaOffset,
+    /// [T, H]
+    pub out: ArenaOffset,
+    /// [E * H, I]
+    pub down: WeightIndex,
+    pub hidden: u32,
+    pub experts: u32,
+    pub top_k: u32,
+    pub intermediate: u32,
+    /// 0 or 1
+    pub normalize_top_k: u32,
+}
+
+pub(super) fn fuses_gate_up(ops: &OpTypes) -> bool {
+    ops.has::<ExpertLinear>() && ops.has::<SiluMul>()
+}
+
+pub(super) fn fuses_down(ops: &OpTypes) -> bool {
+    ops.has::<ExpertLinear>() && ops.has::<WeightedSum>()
+}
+
+/// The router member: its logits and (top_k, normalize), and the experts' weight shape [E, N, K].
+fn routing<'c>(
+    cx: &'c Encoder,
+    op: &FusedOp,
+) -> Result<(mimo_ir::Value, &'c RouterTopK, &'c [usize], usize), AbiError> {
+    let route = cx.one::<RouterTopK>(op)?;
+    let router = cx.attrs::<RouterTopK>(route).expect("a member of its type");
+    let first = cx
+        .members::<ExpertLinear>(op)
+        .first()
+        .ok_or_else(|| cx.no_template(op))?
+        .node;
+    let weight = cx.shape(cx.input(first, ExpertLinear::WEIGHT));
+    Ok((cx.input(route, RouterTopK::LOGITS), router, weight, first))
+}
+
+pub(super) fn encode_gate_up(cx: &Encoder, op: &FusedOp) -> Result<ExpertGateUpArgs, AbiError> {
+    let (logits, router, w, _) = routing(cx, op)?;
+    let act = cx.one::<SiluMul>(op)?;
+    let norm = cx.one::<RmsNorm>(op)?;
+    let (norm_w, eps) = cx.norm(norm)?;
+    let gate = cx.input(act, SiluMul::GATE).node.index();
+    let up = cx.input(act, SiluMul::UP).node.index();
+    Ok(ExpertGateUpArgs {
+        x: cx.arena(cx.input(norm, RmsNorm::X))?,
+        router_logits: cx.arena(logits)?,
+        act: cx.arena_out(act, SiluMul::Y)?,
+        norm: norm_w,
+        gate: cx.weight(cx.input(gate, ExpertLinear::WEIGHT))?,
+        up: cx.weight(cx.input(up, ExpertLinear::WEIGHT))?,
+        hidden: w[2] as u32,
+        experts: w[0] as u32,
+        top_k: router.k as u32,
+        intermediate: w[1] as u32,
+        normalize_top_k: router.normalize as u32,
+        eps,
+    })
+}
+
+pub(super) fn encode_down(cx: &Encoder, op: &FusedOp) -> Result<ExpertDownArgs, AbiError> {
+    let (logits, router, w, down) = routing(cx, op)?;
+    let add = cx.one::<Add>(op)?;
+    let sum = cx.one::<WeightedSum>(op)?;
+    Ok(ExpertDownArgs {
+        act: cx.arena(cx.input(down, ExpertLinear::X))?,
+        router_logits: cx.arena(logits)?,
+        residual: cx.arena(cx.other_input(add, sum)?)?,
+        out: cx.arena_out(add, Add::Y)?,
+        down: cx.weight(cx.input(down, ExpertLinear::WEIGHT))?,
+        hidden: w[1] as u32,
+        experts: w[0] as u32,
+        top_k: router.k as u32,
+        intermediate: w[2] as u32,
+        normalize_top_k: router.normalize as u32,
+    })
+}

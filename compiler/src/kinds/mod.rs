@@ -1,0 +1,404 @@
+//! The fused kinds the megakernel runs, one module each: its operand struct (declared once, for
+//! Rust and C, by `#[derive(CStruct)]`), and its encoder from a fused op's members to those
+//! operands. The list in `task_kinds!` below is the only place kinds are enumerated: the kind
+//! numbers, the C `TaskKind` enum, the `OpArgs` union and the kernel's dispatch
+//! (`MIMO_TASK_KINDS`) are all generated from it, in its order.
+//!
+//! Adding a fused kind: a module here with its `fuses` (which op types it groups), its
+//! `#[derive(CStruct)]` operands and its `encode`; one line in the list (which also generates its
+//! [`FusedKind`] variant); and its device function `run_<name>(const KernelParams&, const
+//! <Args>&, u32 unit_begin, u32 unit_end, u8* smem)` in `templates/ops/<name>.cuh`, included by
+//! `templates/megakernel.cu`.
+
+// The operand structs' docs are also their C comments in generated.cuh: shapes such as [T, H]
+// there are text, not intra-doc links.
+#![allow(rustdoc::broken_intra_doc_links)]
+
+mod accept;
+mod argmax_combine;
+mod attention_partial;
+mod concat;
+mod dense_projection;
+mod embed;
+mod experts;
+mod kv_append;
+mod lm_head;
+mod oproj_residual;
+
+use std::any::TypeId;
+use std::collections::BTreeSet;
+
+use mimo_ir::graph::{NodeKind, Value};
+use mimo_ir::ops::{Linear, RmsNorm, Rope};
+use mimo_ir::{Graph, Op};
+use petgraph::graph::NodeIndex;
+use serde::{Deserialize, Serialize};
+
+use crate::abi::{AbiError, CStruct, NONE, Operand, WeightIndex};
+use crate::fuse::{FusedOp, Member, UnitMap};
+use crate::plan::Buffer;
+use crate::program::Program;
+
+pub use accept::AcceptArgs;
+pub use argmax_combine::ArgmaxCombineArgs;
+pub use attention_partial::AttentionPartialArgs;
+pub use concat::ConcatArgs;
+pub use dense_projection::DenseProjectionArgs;
+pub use embed::EmbedArgs;
+pub use experts::{ExpertDownArgs, ExpertGateUpArgs};
+pub use kv_append::KvAppendArgs;
+pub use lm_head::LmHeadArgs;
+pub use oproj_residual::OprojResidualArgs;
+
+/// One fused kind as the kernel knows it.
+#[derive(Debug, Clone, Copy)]
+pub struct KindInfo {
+    pub kind: FusedKind,
+    /// snake_case: the `OpArgs` member and the device function `run_<name>`.
+    pub name: &'static str,
+    pub args_name: &'static str,
+    pub args_declaration: &'static str,
+    pub args_words: usize,
+}
+
+impl KindInfo {
+    /// The C enumerator (`TASK_NORM_MATMUL`).
+    pub fn c_enum(&self) -> String {
+        format!("TASK_{}", self.name.to_uppercase())
+    }
+}
+
+macro_rules! task_kinds {
+    ($($variant:ident: $name:ident($args:ty) = $fuses:path, $encode:path;)*) => {
+        /// Which device function runs a fused op: one per line of the `task_kinds!` list.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum FusedKind {
+            $($variant,)*
+            /// A group no template implements: runs on the CPU schedule executor only.
+            Generic,
+        }
+
+        /// The kind of a group whose members are ops of `types`: the first kind in the list
+        /// that fuses them.
+        pub fn classify(types: &OpTypes) -> FusedKind {
+            $(if $fuses(types) {
+                return FusedKind::$variant;
+            })*
+            FusedKind::Generic
+        }
+
+        /// A fused op's operands, as its kind's struct.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum TaskArgs {
+            $($variant($args),)*
+        }
+
+        /// Every kind the kernel runs; a kind's number is its index here.
+        pub const KINDS: &[KindInfo] = &[$(KindInfo {
+            kind: FusedKind::$variant,
+            name: stringify!($name),
+            args_name: <$args as CStruct>::C_NAME,
+            args_declaration: <$args as CStruct>::C_DECLARATION,
+            args_words: <$args as CStruct>::WORDS,
+        }),*];
+
+        impl TaskArgs {
+            pub fn kind(&self) -> FusedKind {
+                match self {
+                    $(TaskArgs::$variant(_) => FusedKind::$variant,)*
+                }
+            }
+
+            pub fn write_words(&self, out: &mut Vec<u32>) {
+                match self {
+                    $(TaskArgs::$variant(a) => a.write_words(out),)*
+                }
+            }
+
+            pub fn operands(&self) -> Vec<(Operand, &'static str, u32)> {
+                match self {
+                    $(TaskArgs::$variant(a) => a.operands(),)*
+                }
+            }
+        }
+
+        fn encode_op(cx: &Encoder, op: &FusedOp) -> Result<TaskArgs, AbiError> {
+            match op.kind {
+                $(FusedKind::$variant => $encode(cx, op).map(TaskArgs::$variant),)*
+                FusedKind::Generic => Err(cx.no_template(op)),
+            }
+        }
+    };
+}
+
+// Each line: the kind, its snake_case name (the `OpArgs` member, `run_<name>`, `TASK_<NAME>`), its
+// operand struct, which ops it fuses, its encoder. A group is classified by the first line whose
+// `fuses` holds, so the more specific kinds come first (norm_matmul, plain projections, last).
+task_kinds! {
+    Embed: embed(EmbedArgs) = embed::fuses, embed::encode;
+    KvAppend: kv_append(KvAppendArgs) = kv_append::fuses, kv_append::encode;
+    AttentionPartial: attention_partial(AttentionPartialArgs) =
+        attention_partial::fuses, attention_partial::encode;
+    ExpertGateUp: expert_gate_up(ExpertGateUpArgs) = experts::fuses_gate_up, experts::encode_gate_up;
+    ExpertDown: expert_down(ExpertDownArgs) = experts::fuses_down, experts::encode_down;
+    LmHead: lm_head(LmHeadArgs) = lm_head::fuses, lm_head::encode;
+    ArgmaxCombine: argmax_combine(ArgmaxCombineArgs) =
+        argmax_combine::fuses, argmax_combine::encode;
+    OprojResidual: oproj_residual(OprojResidualArgs) =
+        oproj_residual::fuses, oproj_residual::encode;
+    DenseGateUp: dense_gate_up(DenseProjectionArgs) =
+        dense_projection::fuses_dense_gate_up, dense_projection::encode_dense_gate_up;
+    MatmulResidual: matmul_residual(DenseProjectionArgs) =
+        dense_projection::fuses_matmul_residual, dense_projection::encode_matmul_residual;
+    Concat: concat(ConcatArgs) = concat::fuses, concat::encode;
+    Accept: accept(AcceptArgs) = accept::fuses, accept::encode;
+    NormMatmul: norm_matmul(DenseProjectionArgs) =
+        dense_projection::fuses_norm_matmul, dense_projection::encode_norm_matmul;
+}
+
+/// The op types of a group's members, for the kinds' `fuses`.
+#[derive(Debug, Clone, Default)]
+pub struct OpTypes(BTreeSet<TypeId>);
+
+impl OpTypes {
+    pub fn of<'a>(ops: impl IntoIterator<Item = &'a dyn Op>) -> Self {
+        OpTypes(ops.into_iter().map(|op| op.as_any().type_id()).collect())
+    }
+
+    pub fn has<T: Op + 'static>(&self) -> bool {
+        self.0.contains(&TypeId::of::<T>())
+    }
+
+    /// Whether every member is of one of `allowed` (see [`op_type`]).
+    pub fn only(&self, allowed: &[TypeId]) -> bool {
+        self.0.iter().all(|t| allowed.contains(t))
+    }
+}
+
+/// The type of op `T`, for [`OpTypes::only`].
+pub fn op_type<T: Op + 'static>() -> TypeId {
+    TypeId::of::<T>()
+}
+
+/// Words of one `OpArgs` (the union): the largest kind's.
+pub const OP_ARGS_WORDS: usize = {
+    let mut max = 0;
+    let mut i = 0;
+    while i < KINDS.len() {
+        if KINDS[i].args_words > max {
+            max = KINDS[i].args_words;
+        }
+        i += 1;
+    }
+    max
+};
+
+impl TaskArgs {
+    /// The `TaskKind` number.
+    pub fn kind_number(&self) -> u32 {
+        let kind = self.kind();
+        KINDS
+            .iter()
+            .position(|k| k.kind == kind)
+            .expect("every TaskArgs variant is listed") as u32
+    }
+}
+
+/// Each fused op's operands, and the weight table they index (weight names in table order).
+pub fn encode_ops(program: &Program) -> Result<(Vec<TaskArgs>, Vec<String>), AbiError> {
+    let graph = &program.graph;
+    let weights: Vec<String> = graph
+        .nodes_of(|k| matches!(k, NodeKind::Weight))
+        .map(|(_, n)| n.name.clone())
+        .collect();
+    let cx = Encoder {
+        program,
+        graph,
+        weights: &weights,
+    };
+    let ops = program
+        .ops
+        .iter()
+        .map(|op| encode_op(&cx, op))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((ops, weights))
+}
+
+/// What the kinds' encoders read a fused op through: its members by op type, and where the
+/// memory plan put the values they touch.
+pub(crate) struct Encoder<'a> {
+    program: &'a Program,
+    graph: &'a Graph,
+    weights: &'a [String],
+}
+
+impl Encoder<'_> {
+    pub fn node(&self, n: usize) -> &mimo_ir::Node {
+        self.graph.node(NodeIndex::new(n))
+    }
+
+    /// The attributes of member `n`, an op of type `T`.
+    pub fn attrs<T: Op + 'static>(&self, n: usize) -> Option<&T> {
+        self.node(n).op()?.as_any().downcast_ref::<T>()
+    }
+
+    pub fn is<T: Op + 'static>(&self, n: usize) -> bool {
+        self.attrs::<T>(n).is_some()
+    }
+
+    /// Members of `op` that are ops of type `T`, in execution order.
+    pub fn members<'o, T: Op + 'static>(&self, op: &'o FusedOp) -> Vec<&'o Member> {
+        op.members.iter().filter(|m| self.is::<T>(m.node)).collect()
+    }
+
+    /// The one member of type `T` (a template has no place for two).
+    pub fn one<T: Op + 'static>(&self, op: &FusedOp) -> Result<usize, AbiError> {
+        match self.members::<T>(op)[..] {
+            [m] => Ok(m.node),
+            _ => Err(self.no_template(op)),
+        }
+    }
+
+    /// The whole (per-tile recomputed) `rms_norm` member, if any.
+    pub fn whole_norm(&self, op: &FusedOp) -> Option<usize> {
+        op.members
+            .iter()
+            .find(|m| m.map == UnitMap::Whole && self.is::<RmsNorm>(m.node))
+            .map(|m| m.node)
+    }
+
+    pub fn input(&self, node: usize, slot: usize) -> Value {
+        self.node(node).inputs[slot]
+    }
+
+    pub fn output(&self, node: usize, output: usize) -> Value {
+        Value {
+            node: NodeIndex::new(node),
+            output,
+        }
+    }
+
+    /// Arena offset of a value.
+    pub fn arena(&self, v: Value) -> Result<u32, AbiError> {
+        self.place(v, Buffer::Arena)
+    }
+
+    /// Arena offset of output `output` of node `node`.
+    pub fn arena_out(&self, node: usize, output: usize) -> Result<u32, AbiError> {
+        self.arena(self.output(node, output))
+    }
+
+    pub fn state(&self, v: Value) -> Result<u32, AbiError> {
+        self.place(v, Buffer::State)
+    }
+
+    fn place(&self, v: Value, buffer: Buffer) -> Result<u32, AbiError> {
+        match self.program.memory.location(v) {
+            Some(loc) if loc.buffer == buffer => Ok(loc.offset as u32),
+            _ => Err(AbiError::Shape {
+                op: self.graph.node(v.node).name.clone(),
+                message: format!("value has no {buffer:?} place"),
+            }),
+        }
+    }
+
+    /// Weight-table index of the weight operand `v`.
+    pub fn weight(&self, v: Value) -> Result<WeightIndex, AbiError> {
+        let node = self.graph.node(v.node);
+        match node.kind {
+            NodeKind::Weight => Ok(self
+                .weights
+                .iter()
+                .position(|w| *w == node.name)
+                .expect("every weight node is in the table")
+                as u32),
+            _ => Err(AbiError::Shape {
+                op: node.name.clone(),
+                message: "expected a weight operand".into(),
+            }),
+        }
+    }
+
+    /// The weight index and eps of `rms_norm` member `norm`.
+    pub fn norm(&self, norm: usize) -> Result<(WeightIndex, f32), AbiError> {
+        let eps = self.attrs::<RmsNorm>(norm).map_or(0.0, |n| n.eps);
+        Ok((self.weight(self.input(norm, RmsNorm::WEIGHT))?, eps))
+    }
+
+    pub fn shape(&self, v: Value) -> &[usize] {
+        &self.graph.value_type(v).shape
+    }
+
+    /// The optional per-head norm (weight, eps) before the group's rope, and the rope's theta.
+    pub fn head_prologue(&self, op: &FusedOp) -> Result<(WeightIndex, f32, f32), AbiError> {
+        let rope = self.one::<Rope>(op)?;
+        let theta = self.attrs::<Rope>(rope).map_or(0.0, |r| r.theta as f32);
+        let (norm, eps) = match self.whole_norm(op) {
+            Some(n) => self.norm(n)?,
+            None => (NONE, 0.0),
+        };
+        Ok((norm, eps, theta))
+    }
+
+    /// The positions the group's (one) rope member rotates by.
+    pub fn rope_positions(&self, op: &FusedOp) -> Result<Value, AbiError> {
+        Ok(self.input(self.one::<Rope>(op)?, Rope::POSITIONS))
+    }
+
+    /// The projection `v` is computed from through reshapes, norms and ropes: the raw
+    /// projection output a head prologue starts from.
+    pub fn raw_projection(&self, mut v: Value) -> Value {
+        while self
+            .node(v.node.index())
+            .op()
+            .is_some_and(|o| !o.as_any().is::<Linear>())
+        {
+            v = self.input(v.node.index(), 0);
+        }
+        v
+    }
+
+    /// The value `v` is, or, when `v` is the result of one of `op`'s whole `rms_norm` members,
+    /// that norm's input, with the norm's weight index and eps.
+    pub fn through_norm(
+        &self,
+        op: &FusedOp,
+        v: Value,
+    ) -> Result<(Value, WeightIndex, f32), AbiError> {
+        let norm = op.members.iter().find(|m| {
+            m.node == v.node.index() && m.map == UnitMap::Whole && self.is::<RmsNorm>(m.node)
+        });
+        match norm {
+            Some(m) => {
+                let (w, eps) = self.norm(m.node)?;
+                Ok((self.input(m.node, RmsNorm::X), w, eps))
+            }
+            None => Ok((v, NONE, 0.0)),
+        }
+    }
+
+    /// The operand of binary `node` that is not produced by `from`.
+    pub fn other_input(&self, node: usize, from: usize) -> Result<Value, AbiError> {
+        self.node(node)
+            .inputs
+            .iter()
+            .copied()
+            .find(|v| v.node.index() != from)
+            .ok_or_else(|| AbiError::Shape {
+                op: self.node(node).name.clone(),
+                message: "expected a residual operand".into(),
+            })
+    }
+
+    pub fn no_template(&self, op: &FusedOp) -> AbiError {
+        AbiError::NoTemplate(op.name.clone())
+    }
+
+    pub fn shape_error(&self, op: &FusedOp, message: impl Into<String>) -> AbiError {
+        AbiError::Shape {
+            op: op.name.clone(),
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! `oproj_residual`: merges the split-K attention partials, then the output projection and the
+//! residual add. Prologue: attn[t, h, :] = sum_s exp(m_s - M) acc_s / sum_s exp(m_s - M) l_s
+//! (M = max m_s, skipping l_s == 0), flattened to [T, HEADS*HD]; then
+//! out = residual + attn @ wo^T. Units: output features (H).
+
+use mimo_ir::ops::{Add, AttentionCombine, Linear};
+
+use super::{Encoder, OpTypes};
+use crate::abi::{AbiError, ArenaOffset, CStruct, WeightIndex};
+use crate::fuse::FusedOp;
+
+/// TASK_OPROJ_RESIDUAL's operands (compiler/src/kinds/oproj_residual.rs).
+#[derive(Debug, Clone, Copy, PartialEq, CStruct)]
+#[repr(C)]
+pub struct OprojResidualArgs {
+    /// [T, HEADS, splits, HD]
+    pub acc: ArenaOffset,
+    /// [T, HEADS, splits, 2]
+    pub ml: ArenaOffset,
+    /// [T, H]
+    pub residual: ArenaOffset,
+    /// [T, H]
+    pub out: ArenaOffset,
+    /// [H, HEADS * HD]
+    pub wo: WeightIndex,
+    pub heads: u32,
+    pub head_dim: u32,
+    pub splits: u32,
+    /// H
+    pub hidden: u32,
+}
+
+pub(super) fn fuses(ops: &OpTypes) -> bool {
+    ops.has::<AttentionCombine>() && ops.has::<Linear>()
+}
+
+pub(super) fn encode(cx: &Encoder, op: &FusedOp) -> Result<OprojResidualArgs, AbiError> {
+    let (c, l, add) = (
+        cx.one::<AttentionCombine>(op)?,
+        cx.one::<Linear>(op)?,
+        cx.one::<Add>(op)?,
+    );
+    let acc = cx.input(c, AttentionCombine::ACC);
+    let shape = cx.shape(acc);
+    let wo = cx.input(l, Linear::WEIGHT);
+    Ok(OprojResidualArgs {
+        acc: cx.arena(acc)?,
+        ml: cx.arena(cx.input(c, AttentionCombine::ML))?,
+        residual: cx.arena(cx.other_input(add, l)?)?,
+        out: cx.arena_out(add, Add::Y)?,
+        wo: cx.weight(wo)?,
+        heads: shape[1] as u32,
+        head_dim: shape[3] as u32,
+        splits: shape[2] as u32,
+        hidden: cx.shape(wo)[0] as u32,
+    })
+}
