@@ -1,6 +1,7 @@
 //! Embeds every file under `templates/` (the CUDA sources of the megakernel) into the binaries,
 //! so `mimo-compile` and the runtime can generate and compile a kernel on any machine, without
-//! the source tree.
+//! the source tree. It is the build script of mimo-compiler (`build = "../build.rs"` in
+//! compiler/Cargo.toml), the crate that generates code from them: `codegen::TEMPLATES`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -9,7 +10,10 @@ use std::{env, fs};
 fn main() {
     let root =
         PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let templates = root.join("templates");
+    let templates = root
+        .parent()
+        .expect("compiler/ lies in the repository")
+        .join("templates");
     println!("cargo:rerun-if-changed={}", templates.display());
 
     let mut files = Vec::new();

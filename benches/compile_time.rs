@@ -27,9 +27,11 @@ fn main() {
     let passes_s = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let templates: Vec<(&str, &str)> = mimo::TEMPLATES.to_vec();
-    let source = codegen::kernel_source(&templates, &codegen::generated_header(&spec, &program))
-        .expect("codegen");
+    let source = codegen::kernel_source(
+        codegen::TEMPLATES,
+        &codegen::generated_header(&spec, &program),
+    )
+    .expect("codegen");
     let codegen_s = t.elapsed().as_secs_f64();
 
     let t = Instant::now();

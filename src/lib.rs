@@ -46,5 +46,3 @@ pub fn init_logging() {
         .with_writer(std::io::stderr)
         .try_init();
 }
-
-include!(concat!(env!("OUT_DIR"), "/templates.rs"));

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use common::emulator;
 use common::parity::rel_l2;
 
-use mimo_compiler::Program;
+use mimo_compiler::{Program, codegen};
 use mimo_ir::formats::WeightFormat;
 use mimo_ir::interp::{self, F32Weights, StateStore};
 use mimo_ir::model::build::{LOGITS, POSITIONS, TOKEN_IDS, decode_graph};
@@ -36,13 +36,19 @@ fn tiny(templates: &[(&str, &str)]) -> (ModelSpec, WeightStore, Program, KernelI
     let mut spec = ModelSpec::tiny(Architecture::Qwen3Moe);
     spec.formats.experts = WeightFormat::Mxfp4;
     let weights = mimo_ir::model::random::random_weights(&spec, 9).unwrap();
-    let (program, image) = cuda::compile_in_memory(&spec, CONTEXT, WORKERS, templates).unwrap();
+    let (program, _) = cuda::compile_in_memory(&spec, CONTEXT, WORKERS).unwrap();
+    // The kernel generated from `templates` (the built-in ones, or a sabotaged copy).
+    let header = codegen::generated_header(&spec, &program);
+    let image = KernelImage {
+        source: codegen::kernel_source(templates, &header).unwrap(),
+        cubin: None,
+    };
     (spec, weights, program, image)
 }
 
 /// The templates with the first `from` in `file` replaced by `to` (which must be there).
 fn sabotaged(file: &str, from: &str, to: &str) -> Vec<(&'static str, String)> {
-    let out: Vec<(&'static str, String)> = mimo::TEMPLATES
+    let out: Vec<(&'static str, String)> = codegen::TEMPLATES
         .iter()
         .map(|&(name, text)| {
             if name == file {
@@ -108,7 +114,7 @@ fn the_unbroken_kernel_passes_and_matches_the_interpreter() {
     let Some(dev) = emulator("the_unbroken_kernel_passes_and_matches_the_interpreter") else {
         return;
     };
-    let model = tiny(mimo::TEMPLATES);
+    let model = tiny(codegen::TEMPLATES);
     let got = run_step(&dev, &model).unwrap_or_else(|e| panic!("{e:#}"));
     let err = rel_l2(&got, &reference_logits(&model.0, &model.1));
     assert!(err < 5e-2, "logits relative L2 error {err}");
@@ -119,7 +125,7 @@ fn a_deleted_wait_is_reported_as_a_race() {
     let Some(dev) = emulator("a_deleted_wait_is_reported_as_a_race") else {
         return;
     };
-    let mut model = tiny(mimo::TEMPLATES);
+    let mut model = tiny(codegen::TEMPLATES);
     let program = &mut model.2;
     let worker_of = |task: usize| {
         program

@@ -14,8 +14,7 @@ fn emulator_smoke() {
         return;
     };
     let spec = mimo_ir::ModelSpec::tiny(mimo_ir::Architecture::Qwen3Moe);
-    let (program, image) =
-        mimo_runtime::cuda::compile_in_memory(&spec, 32, 2, mimo::TEMPLATES).unwrap();
+    let (program, image) = mimo_runtime::cuda::compile_in_memory(&spec, 32, 2).unwrap();
     let weights = mimo_ir::model::random::random_weights(&spec, 1).unwrap();
     let mut mk = mimo_runtime::cuda::Megakernel::new(
         &dev,

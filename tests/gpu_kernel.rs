@@ -54,7 +54,7 @@ use mimo_ir::{
 };
 use mimo_runtime::cuda::{self, CudaEngine, KernelImage, LaunchOptions, Megakernel};
 use mimo_runtime::device::Device;
-use mimo_runtime::dflash::{self, ReplayDrafter, WrongDrafter, speculative_generate};
+use mimo_runtime::dflash::{self, ScriptedDrafter, speculative_generate};
 use mimo_runtime::engine::{CpuEngine, Engine};
 use mimo_runtime::exec::ScheduleExecutor;
 use mimo_runtime::generate::{GenerateRequest, generate};
@@ -227,7 +227,7 @@ fn compile_opts(workers: usize) -> CompileOptions {
 
 /// `graph` compiled for `workers` workers, with a kernel generated under `limits`.
 fn compile_small(graph: &Graph, workers: usize, limits: &ModelSpec) -> (Program, KernelImage) {
-    cuda::compile_graph(limits, graph, &compile_opts(workers), mimo::TEMPLATES)
+    cuda::compile_graph(limits, graph, &compile_opts(workers))
         .unwrap_or_else(|e| panic!("compiling {}: {e:#}", graph.name))
 }
 
@@ -593,7 +593,7 @@ fn the_shared_small_kernel_compiles_without_spills() {
 #[test]
 fn in_memory_kernels_carry_their_launch_constants() {
     let spec = ModelSpec::tiny(Architecture::Mixtral);
-    let (program, image) = cuda::compile_in_memory(&spec, 32, 5, mimo::TEMPLATES).unwrap();
+    let (program, image) = cuda::compile_in_memory(&spec, 32, 5).unwrap();
     assert_eq!(program.schedule.queues.len(), 5);
     assert_eq!(
         image.define("MIMO_SMEM_BYTES"),
@@ -878,7 +878,7 @@ fn gpu_two_layers_of_qwen3_30b_match_the_interpreter() {
     };
     let started = Instant::now();
     let weights = random_weights(&spec, 3).unwrap();
-    let (program, image) = cuda::compile_in_memory(&spec, 64, workers, mimo::TEMPLATES).unwrap();
+    let (program, image) = cuda::compile_in_memory(&spec, 64, workers).unwrap();
     let mut gpu_engine = CudaEngine::new(
         &dev,
         spec.clone(),
@@ -1208,7 +1208,6 @@ fn gpu_dflash_speculative_equals_plain_greedy() {
         DFLASH_CONTEXT,
         Some(DFLASH_BLOCK),
         compile_opts(info.sm_count.min(8)),
-        mimo::TEMPLATES,
     )
     .unwrap();
     let new_tokens = if common::on_emulator(&dev) {
@@ -1225,7 +1224,7 @@ fn gpu_dflash_speculative_equals_plain_greedy() {
     assert_eq!(random.generation.output_ids, plain, "random DFlash draft");
     eprintln!("random draft: tau {:.2}", random.mean_accept());
 
-    let mut right = ReplayDrafter::new(sequence.clone(), DFLASH_BLOCK);
+    let mut right = ScriptedDrafter::replay(sequence.clone(), DFLASH_BLOCK);
     let replay = speculative_generate(&mut engine, &mut right, &req, keep_going).unwrap();
     assert_eq!(replay.generation.output_ids, plain, "replay drafter");
     // Every block but the last (cut at the length) is accepted whole.
@@ -1238,7 +1237,7 @@ fn gpu_dflash_speculative_equals_plain_greedy() {
         replay.accept_lengths
     );
 
-    let mut wrong = WrongDrafter::new(sequence, 128, DFLASH_BLOCK);
+    let mut wrong = ScriptedDrafter::wrong(sequence, 128, DFLASH_BLOCK);
     let wrong = speculative_generate(&mut engine, &mut wrong, &req, keep_going).unwrap();
     assert_eq!(wrong.generation.output_ids, plain, "always-wrong drafter");
     assert!(wrong.accept_lengths.iter().all(|&n| n == 1));
@@ -1302,7 +1301,6 @@ fn gpu_dflash_verify_matches_the_schedule_executor() {
         DFLASH_CONTEXT,
         Some(DFLASH_BLOCK),
         opts,
-        mimo::TEMPLATES,
     )
     .unwrap();
     let (mut cpu_engine, _) = dflash::compiled_pair(

@@ -224,7 +224,7 @@ fn dflash_verify_and_draft_kernels_compile_for_sm_90a_without_spills() {
             abi::encode(&program).unwrap_or_else(|e| panic!("{model} {what}: {e}"));
             let header = codegen::generated_header(&target, &program);
             assert!(header.contains("#define MIMO_TOKENS 16"), "{header}");
-            let source = codegen::kernel_source(mimo::TEMPLATES, &header).unwrap();
+            let source = codegen::kernel_source(codegen::TEMPLATES, &header).unwrap();
             if !sources.iter().any(|(_, s)| *s == source) {
                 sources.push((format!("{model} {what}"), source));
             }

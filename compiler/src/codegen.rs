@@ -14,6 +14,9 @@ use mimo_ir::{ModelSpec, graph::NodeKind};
 
 use crate::program::Program;
 
+// `TEMPLATES`: every file under templates/, by path relative to it (embedded by build.rs).
+include!(concat!(env!("OUT_DIR"), "/templates.rs"));
+
 /// Threads per worker block.
 pub const THREADS: usize = 256;
 

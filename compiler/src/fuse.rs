@@ -604,6 +604,17 @@ pub(crate) mod tests {
         (g, f)
     }
 
+    /// The fused ops of one MoE decoder layer, in order.
+    pub(crate) const MOE_LAYER: [FusedKind; 7] = [
+        FusedKind::NormMatmul,
+        FusedKind::KvAppend,
+        FusedKind::AttentionPartial,
+        FusedKind::OprojResidual,
+        FusedKind::NormMatmul,
+        FusedKind::ExpertGateUp,
+        FusedKind::ExpertDown,
+    ];
+
     #[test]
     fn decode_layers_fuse_into_the_megakernel_ops() {
         for arch in [Architecture::Qwen3Moe, Architecture::Mixtral] {
@@ -630,20 +641,10 @@ pub(crate) mod tests {
                 );
             }
             let kinds: Vec<FusedKind> = ops.iter().map(|o| o.kind).collect();
-            use FusedKind::*;
-            let layer = [
-                NormMatmul,
-                KvAppend,
-                AttentionPartial,
-                OprojResidual,
-                NormMatmul,
-                ExpertGateUp,
-                ExpertDown,
-            ];
-            let mut want = vec![Embed];
-            want.extend(layer);
-            want.extend(layer);
-            want.extend([LmHead, ArgmaxCombine]);
+            let mut want = vec![FusedKind::Embed];
+            want.extend(MOE_LAYER);
+            want.extend(MOE_LAYER);
+            want.extend([FusedKind::LmHead, FusedKind::ArgmaxCombine]);
             assert_eq!(kinds, want, "{arch:?}");
         }
     }

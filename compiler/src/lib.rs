@@ -22,8 +22,5 @@ pub mod report;
 pub mod resources;
 pub mod schedule;
 
-#[cfg(test)]
-mod dflash_tests;
-
 pub use program::{CompileError, CompileOptions, Program, compile};
 pub use schedule::Machine;

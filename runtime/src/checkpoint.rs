@@ -292,3 +292,8 @@ fn read_index(path: &Path) -> Result<HashMap<String, String>, LoadError> {
         })
         .collect()
 }
+
+#[cfg(test)]
+pub(crate) mod test_checkpoints;
+#[cfg(test)]
+mod tests;

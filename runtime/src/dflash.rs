@@ -27,14 +27,16 @@ mod artifact;
 mod compiled;
 mod cuda;
 mod drafters;
+#[cfg(any(test, feature = "test-support"))]
+mod test_drafters;
 #[cfg(test)]
 mod tests;
 
-pub use compiled::{ScheduleRunner, compiled_pair};
-pub use cuda::{CudaRunner, cuda_pair};
-pub use drafters::{
-    CompiledRunner, DFlashDrafter, DraftRunner, InterpreterRunner, ReplayDrafter, WrongDrafter,
-};
+pub use compiled::compiled_pair;
+pub use cuda::cuda_pair;
+pub use drafters::{CompiledRunner, DFlashDrafter, DraftRunner, InterpreterRunner};
+#[cfg(any(test, feature = "test-support"))]
+pub use test_drafters::ScriptedDrafter;
 
 use std::ops::ControlFlow;
 use std::path::Path;

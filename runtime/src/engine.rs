@@ -1,14 +1,16 @@
 //! The engine boundary: one decode step over a batch of tokens at given positions.
 //!
 //! Implementations: [`CpuEngine`] (the reference interpreter, here) and [`ProgramEngine`], a
-//! model's compiled programs on a [`ProgramSet`]: [`ScheduleEngine`] on the CPU schedule
+//! model's compiled programs in a [`ProgramCache`]: [`ScheduleEngine`] on the CPU schedule
 //! executor, [`crate::cuda::CudaEngine`] on a GPU. Everything above this trait (generation,
 //! speculative decoding, the server) is shared.
 
+mod cache;
 mod program;
 mod schedule;
 
-pub use program::{ProgramEngine, ProgramRun, ProgramSet, TargetProgram, committed_rows, token_id};
+pub use cache::{Backend, ProgramCache};
+pub use program::{ProgramEngine, ProgramRun, TargetProgram, committed_rows, token_id};
 pub use schedule::ScheduleEngine;
 
 use std::collections::HashMap;

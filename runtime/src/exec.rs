@@ -15,7 +15,7 @@
 mod programs;
 mod state;
 
-pub use programs::Programs;
+pub use programs::CpuBackend;
 pub use state::SharedState;
 pub(crate) use state::layout as state_layout;
 

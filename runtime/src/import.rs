@@ -493,3 +493,6 @@ fn check_shape(ckpt: &Checkpoint, name: &str, shape: &[usize]) -> Result<(), Loa
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,17 +6,20 @@
 //! - [`tokenizer`]: `tokenizer.json`, streaming detokenisation, end-of-sequence ids;
 //! - [`model`]: a model path (HF directory or `model.toml`) to a [`LoadedModel`];
 //! - [`error`]: [`LoadError`], one line that names the file, tensor or field at fault;
-//! - [`exec`]: the CPU schedule executor, running a compiled program task by task, and the
-//!   programs of one model by shape, sharing its KV state;
-//! - [`engine`]: the [`engine::Engine`] step boundary and the CPU engines (the reference
-//!   interpreter, and an artifact's programs on the schedule executor);
+//! - [`exec`]: the CPU schedule executor, running a compiled program task by task, and its
+//!   [`exec::CpuBackend`];
+//! - [`engine`]: the [`engine::Engine`] step boundary, the CPU engines (the reference
+//!   interpreter, and an artifact's programs on the schedule executor), and
+//!   [`engine::ProgramCache`], a model's programs by shape on one device's [`engine::Backend`];
 //! - [`sampling`]: greedy and seeded temperature / top-p sampling;
 //! - [`session`]: a model path and a device choice to a ready engine;
 //! - [`generate`]: autoregressive generation over any engine, streaming tokens;
 //! - [`draft`], [`dflash`]: DFlash draft checkpoints and speculative decoding;
-//! - [`server`]: the OpenAI-compatible HTTP server behind `mimo serve`;
 //! - [`random_checkpoint`]: deterministic random checkpoints of any shape, for benchmarks;
-//! - [`cuda`]: the megakernel engine on an NVIDIA GPU (driver loaded at run time).
+//! - [`cuda`]: the megakernel engine on an NVIDIA GPU (driver loaded at run time) or the
+//!   emulator ([`emu`]).
+//!
+//! The HTTP server is the `mimo-server` crate (`runtime/server/`).
 
 pub mod builtin;
 pub mod checkpoint;
@@ -33,12 +36,8 @@ pub mod import;
 pub mod model;
 pub mod random_checkpoint;
 pub mod sampling;
-pub mod server;
 pub mod session;
 pub mod tokenizer;
-
-#[cfg(test)]
-mod tests;
 
 pub use checkpoint::Checkpoint;
 pub use error::LoadError;

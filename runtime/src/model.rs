@@ -160,3 +160,8 @@ pub fn load_model(path: &Path, progress: &dyn Fn(usize, usize)) -> Result<Loaded
         speculative,
     })
 }
+
+#[cfg(test)]
+mod fixture_tests;
+#[cfg(test)]
+mod tests;

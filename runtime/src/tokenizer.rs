@@ -222,3 +222,6 @@ fn read_json(path: &Path) -> Result<Option<Value>, LoadError> {
         Err(e) => Err(LoadError::io(path, e)),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -100,8 +100,10 @@ fn run(args: Args) -> Result<()> {
     };
 
     progress.stage("generating kernel.cu");
-    let templates: Vec<(&str, &str)> = mimo::TEMPLATES.to_vec();
-    let source = codegen::kernel_source(&templates, &codegen::generated_header(&spec, &program))?;
+    let source = codegen::kernel_source(
+        codegen::TEMPLATES,
+        &codegen::generated_header(&spec, &program),
+    )?;
 
     let (cubin, resources) = if args.no_cubin {
         (None, None)

@@ -24,6 +24,8 @@ mod experts;
 mod kv_append;
 mod lm_head;
 mod oproj_residual;
+#[cfg(test)]
+mod tests;
 
 use std::any::TypeId;
 use std::collections::BTreeSet;

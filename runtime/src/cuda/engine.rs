@@ -1,6 +1,6 @@
 //! [`CudaEngine`]: a model's programs on a device (a GPU, or the emulator) behind the
 //! [`Engine`] trait: the
-//! [`ProgramEngine`] the CPU schedule executor runs too, over megakernels ([`CudaPrograms`]).
+//! [`ProgramEngine`] the CPU schedule executor runs too, over megakernels ([`CudaBackend`]).
 //! Every program shares the one device KV cache and weight upload ([`super::shared`]); those an
 //! artifact lacks are compiled on first use. Also here: the decode benchmark, and compiling a
 //! model without an artifact directory.
@@ -18,29 +18,27 @@ use mimo_ir::{Graph, ModelSpec};
 
 use super::launch::LaunchOptions;
 use super::megakernel::Megakernel;
-use super::programs::{CudaPrograms, KernelSource};
+use super::programs::{CudaBackend, KernelSource};
 use super::shared::DeviceContext;
 use crate::device::{Device, TaskBytes};
-use crate::engine::{Engine, ProgramEngine, TargetProgram};
+use crate::engine::{Engine, ProgramCache, ProgramEngine, TargetProgram};
 
 pub use super::kernel::KernelImage;
 
 /// Compiles `spec`'s decode graph for `workers` workers and a cache of `max_context` positions,
 /// without an artifact directory: the program and its kernel source (NVRTC compiles it for the
-/// device when the engine loads it). `templates` are the files of `templates/` (`mimo::TEMPLATES`
-/// in the `mimo` package, which embeds them).
+/// device when the engine loads it), generated from the built-in templates.
 pub fn compile_in_memory(
     spec: &ModelSpec,
     max_context: usize,
     workers: usize,
-    templates: &[(&str, &str)],
 ) -> Result<(Program, KernelImage)> {
     let graph = decode_graph(spec, 1, max_context).context("building the decode graph")?;
     let opts = CompileOptions::for_machine(Machine {
         workers: workers.max(1),
         ..Machine::h100()
     });
-    compile_graph(spec, &graph, &opts, templates)
+    compile_graph(spec, &graph, &opts)
 }
 
 /// Compiles any graph whose ops have templates (a decode graph, or a few ops of one for
@@ -50,12 +48,14 @@ pub fn compile_graph(
     spec: &ModelSpec,
     graph: &Graph,
     opts: &CompileOptions,
-    templates: &[(&str, &str)],
 ) -> Result<(Program, KernelImage)> {
     let program = compile(graph, opts).context("compiling the graph")?;
     abi::encode(&program).context("encoding the task tables")?;
-    let source = codegen::kernel_source(templates, &codegen::generated_header(spec, &program))
-        .context("generating kernel.cu")?;
+    let source = codegen::kernel_source(
+        codegen::TEMPLATES,
+        &codegen::generated_header(spec, &program),
+    )
+    .context("generating kernel.cu")?;
     Ok((
         program,
         KernelImage {
@@ -66,7 +66,7 @@ pub fn compile_graph(
 }
 
 /// A model's compiled programs running on a device (a GPU, or the emulator).
-pub type CudaEngine = ProgramEngine<CudaPrograms<TargetProgram>>;
+pub type CudaEngine = ProgramEngine<CudaBackend>;
 
 /// What [`CudaEngine::bench_decode`] measured.
 #[derive(Debug, Clone, PartialEq)]
@@ -119,7 +119,8 @@ impl CudaEngine {
             .map(|(_, n)| n.outputs[0].shape[0])
             .min()
             .context("the program has no KV cache")?;
-        let mut programs = CudaPrograms::new(spec.clone(), shared, "target", options, source, opts);
+        let backend = CudaBackend::new(spec.clone(), shared, "target", source, opts);
+        let mut programs = ProgramCache::new(backend, options);
         programs.insert(TargetProgram::Decode, program, Some(image))?;
         let kernel = programs.loaded(&TargetProgram::Decode).expect("inserted");
         for (name, input) in [(TOKEN_IDS, true), (POSITIONS, true), (NEXT_IDS, false)] {
@@ -143,7 +144,7 @@ impl CudaEngine {
 
     /// The device and weights the programs run on (a drafter's programs join them).
     pub fn shared(&self) -> &Arc<DeviceContext> {
-        self.programs().shared()
+        self.programs().backend().shared()
     }
 
     /// An artifact's decode program and kernel, with `weights` of the model it was compiled for.

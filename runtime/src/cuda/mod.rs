@@ -12,7 +12,7 @@
 //!   on-disk cache) and the launch shape its header asks for;
 //! - [`shared`]: [`DeviceContext`] (the device and the weights every program of a generation
 //!   shares) and [`DeviceKv`] (a model's KV cache);
-//! - [`programs`]: [`CudaPrograms`], a model's programs by shape, compiled on first use;
+//! - [`programs`]: [`CudaBackend`], the device's half of a [`crate::engine::ProgramCache`];
 //! - [`megakernel`]: [`Megakernel`], one compiled program on the device: its tables, arena, KV
 //!   state and event counters, set up and checked before anything is uploaded;
 //! - [`launch`]: one step of it, one kernel launch per step (or per task in serial mode), and
@@ -54,7 +54,7 @@ pub use engine::{CudaEngine, DecodeTiming, KernelImage, compile_graph, compile_i
 pub use launch::LaunchOptions;
 pub use megakernel::Megakernel;
 pub use probe::{DeviceInfo, probe};
-pub use programs::{CudaPrograms, KernelSource};
+pub use programs::{CudaBackend, KernelSource};
 pub use shared::{DeviceContext, DeviceKv};
 
 /// Runs `f`, turning a panic inside cudarc (a missing library or symbol) into an error naming

@@ -1,6 +1,6 @@
-//! The programs of one model on the device by shape, every one a [`Megakernel`] on one shared
-//! device, weight pool and KV cache (see [`super::shared`]): the CUDA counterpart of
-//! [`crate::exec::Programs`].
+//! [`CudaBackend`]: the device's half of a [`crate::engine::ProgramCache`], every program a [`Megakernel`] on one
+//! shared device, weight pool and KV cache (see [`super::shared`]), and [`KernelSource`], where
+//! the kernels of programs compiled at run time come from.
 //!
 //! Programs have fixed shapes and a kernel is generated for its token count (`MIMO_TOKENS`), so a
 //! speculative generation meets a few shapes (verify blocks 1..=B, draft context rows 1..=B);
@@ -8,26 +8,24 @@
 //! built by NVRTC (or taken from the on-disk kernel cache, keyed by the source hash), and kept.
 
 use std::collections::HashMap;
-use std::fmt::Debug;
-use std::hash::Hash;
 use std::ops::Range;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use mimo_compiler::{CompileOptions, Program, codegen, compile};
-use mimo_ir::{Graph, ModelSpec, Tensor};
+use mimo_compiler::{Program, codegen};
+use mimo_ir::{ModelSpec, Tensor};
 
 use super::kernel::KernelImage;
 use super::launch::LaunchOptions;
 use super::megakernel::Megakernel;
 use super::shared::{DeviceContext, DeviceKv};
-use crate::engine::{ProgramRun, ProgramSet};
+use crate::engine::{Backend, ProgramRun};
 
 /// Where the kernel of a program compiled at run time comes from.
 #[derive(Debug, Clone)]
 pub enum KernelSource {
-    /// The template files (`mimo::TEMPLATES` of the `mimo` package, which embeds them).
-    Templates(&'static [(&'static str, &'static str)]),
+    /// The built-in templates (`mimo_compiler::codegen::TEMPLATES`).
+    Templates,
     /// A complete kernel (an artifact's `kernel.cu`) and the generated header inlined in it: the
     /// templates are the same for every program, only the header differs, so another program's
     /// kernel is this one with the header swapped. `None`: the header was not found (a kernel
@@ -53,9 +51,8 @@ impl KernelSource {
     pub fn image(&self, spec: &ModelSpec, program: &Program) -> Result<KernelImage> {
         let header = codegen::generated_header(spec, program);
         let source = match self {
-            KernelSource::Templates(templates) => {
-                codegen::kernel_source(templates, &header).context("generating kernel.cu")?
-            }
+            KernelSource::Templates => codegen::kernel_source(codegen::TEMPLATES, &header)
+                .context("generating kernel.cu")?,
             KernelSource::Kernel {
                 source,
                 header: Some(ours),
@@ -72,98 +69,72 @@ impl KernelSource {
     }
 }
 
-/// Megakernels by key (a shape), sharing one context, weights and KV cache.
-pub struct CudaPrograms<K> {
+/// Megakernels sharing one context, weight pool and KV cache: the device's half of a
+/// [`crate::engine::ProgramCache`].
+pub struct CudaBackend {
     /// The target model's spec (it sizes every kernel's limits, the draft's too).
     spec: ModelSpec,
     shared: Arc<DeviceContext>,
     /// Laid out by the first program; `name` says whose in messages.
     kv: Option<Arc<DeviceKv>>,
     name: &'static str,
-    options: CompileOptions,
     source: KernelSource,
     launch: LaunchOptions,
-    kernels: HashMap<K, Megakernel>,
     /// How the first kernel was obtained (an artifact's CUBIN, NVRTC, the kernel cache): the
-    /// one the others are made like, for [`ProgramSet::describe`].
+    /// one the others are made like, for [`Backend::describe`].
     first_note: Option<String>,
 }
 
-impl<K: Eq + Hash + Clone + Debug> CudaPrograms<K> {
-    /// No program yet; `name` names the model's cache in messages (`target`, `draft`), programs
-    /// compiled here use `options` (the artifact's machine) and kernels from `source`.
+impl CudaBackend {
+    /// No program yet; `name` names the model's cache in messages (`target`, `draft`), kernels
+    /// come from `source`.
     pub fn new(
         spec: ModelSpec,
         shared: Arc<DeviceContext>,
         name: &'static str,
-        options: CompileOptions,
         source: KernelSource,
         launch: LaunchOptions,
     ) -> Self {
-        CudaPrograms {
+        CudaBackend {
             spec,
             shared,
             kv: None,
             name,
-            options,
             source,
             launch,
-            kernels: HashMap::new(),
             first_note: None,
         }
-    }
-
-    /// Adds a program compiled ahead of time under `key`, with its kernel (`None`: generated
-    /// from the source).
-    pub fn insert(&mut self, key: K, program: Program, image: Option<&KernelImage>) -> Result<()> {
-        let image = match image {
-            Some(i) => i.clone(),
-            None => self.source.image(&self.spec, &program)?,
-        };
-        let kernel = self.kernel(program, &image)?;
-        self.kernels.insert(key, kernel);
-        Ok(())
-    }
-
-    /// The megakernel of `key`, compiling the graph `build` makes the first time.
-    pub fn get(
-        &mut self,
-        key: &K,
-        build: impl FnOnce() -> Result<Graph>,
-    ) -> Result<&mut Megakernel> {
-        if !self.kernels.contains_key(key) {
-            let graph = build()?;
-            let started = std::time::Instant::now();
-            let program = compile(&graph, &self.options)
-                .with_context(|| format!("compiling `{}` for {key:?}", graph.name))?;
-            let image = self.source.image(&self.spec, &program)?;
-            let name = graph.name.clone();
-            let place = self.shared.device.kind().place();
-            let kernel = self
-                .kernel(program, &image)
-                .with_context(|| format!("loading `{name}` ({key:?}) on {place}"))?;
-            tracing::debug!(
-                "`{name}` on {place} in {:.3} s ({})",
-                started.elapsed().as_secs_f64(),
-                kernel.kernel_note()
-            );
-            self.kernels.insert(key.clone(), kernel);
-        }
-        Ok(self.kernels.get_mut(key).expect("inserted above"))
-    }
-
-    /// The megakernel of `key`, when it has been loaded.
-    pub fn loaded(&mut self, key: &K) -> Option<&mut Megakernel> {
-        self.kernels.get_mut(key)
     }
 
     pub fn shared(&self) -> &Arc<DeviceContext> {
         &self.shared
     }
+}
 
-    /// A new sequence: the cache zeroed once, every program's event counters zeroed.
-    pub fn reset(&mut self) -> Result<()> {
-        for k in self.kernels.values_mut() {
+impl Backend for CudaBackend {
+    type Loaded = Megakernel;
+    type Image = KernelImage;
+
+    fn load(&mut self, program: Program, image: Option<&KernelImage>) -> Result<Megakernel> {
+        let image = match image {
+            Some(i) => i.clone(),
+            None => self.source.image(&self.spec, &program)?,
+        };
+        let kv = match &self.kv {
+            Some(kv) => kv.clone(),
+            None => DeviceKv::for_program(&self.shared, &program, self.name)?,
+        };
+        let kernel = Megakernel::on(&self.shared, &kv, program, &image, self.launch)?;
+        tracing::debug!("{}", kernel.kernel_note());
+        self.kv.get_or_insert(kv);
+        self.first_note
+            .get_or_insert_with(|| kernel.kernel_note().to_string());
+        Ok(kernel)
+    }
+
+    /// The cache zeroed once, every program's event counters zeroed.
+    fn reset<'a>(&mut self, loaded: impl Iterator<Item = &'a mut Megakernel>) -> Result<()> {
+        for k in loaded {
             k.reset_counters()?;
         }
         if let Some(kv) = &self.kv {
@@ -172,44 +143,19 @@ impl<K: Eq + Hash + Clone + Debug> CudaPrograms<K> {
         Ok(())
     }
 
-    fn kernel(&mut self, program: Program, image: &KernelImage) -> Result<Megakernel> {
-        let kv = match &self.kv {
-            Some(kv) => kv.clone(),
-            None => DeviceKv::for_program(&self.shared, &program, self.name)?,
-        };
-        let kernel = Megakernel::on(&self.shared, &kv, program, image, self.launch)?;
-        self.kv.get_or_insert(kv);
-        self.first_note
-            .get_or_insert_with(|| kernel.kernel_note().to_string());
-        Ok(kernel)
-    }
-}
-
-impl<K: Eq + Hash + Clone + Debug> ProgramSet<K> for CudaPrograms<K> {
-    type Run = Megakernel;
-
-    fn program(
-        &mut self,
-        key: &K,
-        build: impl FnOnce() -> Result<Graph>,
-    ) -> Result<&mut Megakernel> {
-        self.get(key, build)
-    }
-
-    fn reset(&mut self) -> Result<()> {
-        CudaPrograms::reset(self)
-    }
-
-    fn describe(&self) -> String {
+    fn describe(&self, workers: usize) -> String {
         let note = match &self.first_note {
             Some(n) if !n.is_empty() => format!("; {n}"),
             _ => String::new(),
         };
         format!(
-            "{} megakernel ({} workers{note})",
-            self.shared.device().describe(),
-            self.options.machine.workers.max(1)
+            "{} megakernel ({workers} workers{note})",
+            self.shared.device().describe()
         )
+    }
+
+    fn place(&self) -> String {
+        self.shared.device().kind().place().to_string()
     }
 }
 
@@ -230,7 +176,7 @@ impl ProgramRun for Megakernel {
 
 #[cfg(test)]
 mod tests {
-    use mimo_compiler::Machine;
+    use mimo_compiler::{CompileOptions, Machine, compile};
     use mimo_ir::model::decode_graph;
     use mimo_ir::model::dflash::verify_graph;
     use mimo_ir::{Architecture, ModelSpec};

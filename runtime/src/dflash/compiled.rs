@@ -1,12 +1,12 @@
 //! DFlash on compiled programs and the CPU schedule executor: the target's verify programs run
 //! on a [`ScheduleEngine`] (which accepts greedy blocks with the program's own `accept` op), the
-//! draft's programs on a [`ScheduleRunner`]. Both start from an artifact's programs, when it has
+//! draft's programs on a [`CompiledRunner`] over [`CpuBackend`]. Both start from an artifact's programs, when it has
 //! them, and compile the other shapes they meet on first use.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use mimo_compiler::{CompileOptions, Program};
+use mimo_compiler::CompileOptions;
 use mimo_ir::ModelSpec;
 use mimo_ir::interp::F32Weights;
 use mimo_ir::model::dflash::DraftSpec;
@@ -14,24 +14,8 @@ use mimo_ir::model::dflash::DraftSpec;
 use super::artifact::SpeculativeArtifact;
 use super::{CompiledRunner, DFlashDrafter, Drafter};
 use crate::engine::ScheduleEngine;
-use crate::exec::Programs;
+use crate::exec::CpuBackend;
 use crate::session::{Session, artifact_compile_options, schedule_engine};
-
-/// Draft programs by (block tokens, context rows) on the CPU schedule executor, sharing the
-/// draft's cache.
-pub type ScheduleRunner = CompiledRunner<Programs<(usize, usize)>>;
-
-impl ScheduleRunner {
-    /// `weights` must hold the draft's and the target's `embed` and `lm_head`.
-    pub fn new(weights: F32Weights, options: CompileOptions) -> Self {
-        CompiledRunner::on(Programs::new(weights, options))
-    }
-
-    /// Adds a program compiled ahead of time for `shape`.
-    pub fn insert(&mut self, shape: (usize, usize), program: Program) -> Result<()> {
-        self.programs_mut().insert(shape, program)
-    }
-}
 
 /// A target on the schedule executor and a DFlash drafter on compiled programs, over one weight
 /// store holding both models; every program is compiled with `options` when first needed.
@@ -43,7 +27,7 @@ pub fn compiled_pair(
     block_size: Option<usize>,
     options: CompileOptions,
 ) -> Result<(ScheduleEngine, DFlashDrafter)> {
-    let runner = ScheduleRunner::new(weights.clone(), options);
+    let runner = CompiledRunner::on(CpuBackend::cache(weights.clone(), options));
     let drafter =
         DFlashDrafter::with_runner(draft, &target, Box::new(runner), max_context, block_size)?;
     let mut engine = ScheduleEngine::new(target, weights, max_context, options);
@@ -62,7 +46,8 @@ pub(super) fn open_artifact(
 ) -> Result<(Session, DFlashDrafter)> {
     let opened = SpeculativeArtifact::open(dir, draft, block_size)?;
     let weights = F32Weights::from_store(&opened.model.weights);
-    let mut runner = ScheduleRunner::new(weights.clone(), artifact_compile_options(&opened.art)?);
+    let options = artifact_compile_options(&opened.art)?;
+    let mut runner = CompiledRunner::on(CpuBackend::cache(weights.clone(), options));
     for (name, shape, program) in opened.draft_programs() {
         runner
             .insert(shape, program.clone())

@@ -1,6 +1,6 @@
 //! DFlash on the megakernel (a GPU, or the emulator): the target's programs on a [`CudaEngine`]
 //! (verify blocks accepted by the program's own `accept` op), the draft's programs on a
-//! [`CudaRunner`] behind the same [`DFlashDrafter`] the CPU paths use, both on one device over
+//! [`CompiledRunner`] over a [`CudaBackend`] behind the same [`DFlashDrafter`] the CPU paths use, both on one device over
 //! one weight upload (the draft reads the target's `embed` and `lm_head`), each model with its
 //! own device KV cache.
 //!
@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use mimo_compiler::{CompileOptions, Program};
+use mimo_compiler::CompileOptions;
 use mimo_ir::ModelSpec;
 use mimo_ir::model::build::decode_graph;
 use mimo_ir::model::dflash::DraftSpec;
@@ -24,24 +24,10 @@ use mimo_ir::weights::WeightStore;
 
 use super::artifact::SpeculativeArtifact;
 use super::{CompiledRunner, DFlashDrafter, Drafter};
-use crate::cuda::{self, CudaEngine, CudaPrograms, KernelImage, KernelSource, LaunchOptions};
+use crate::cuda::{self, CudaBackend, CudaEngine, KernelImage, KernelSource, LaunchOptions};
 use crate::device::Device;
-use crate::engine::TargetProgram;
+use crate::engine::{ProgramCache, TargetProgram};
 use crate::session::{Session, artifact_compile_options, artifact_target_programs};
-
-/// Draft programs by (block tokens, context rows) on the GPU, sharing the draft's device cache.
-pub type CudaRunner = CompiledRunner<CudaPrograms<(usize, usize)>>;
-
-impl CudaRunner {
-    pub fn new(programs: CudaPrograms<(usize, usize)>) -> Self {
-        CompiledRunner::on(programs)
-    }
-
-    /// Adds a program compiled ahead of time for `shape` (its kernel generated).
-    pub fn insert(&mut self, shape: (usize, usize), program: Program) -> Result<()> {
-        self.programs_mut().insert(shape, program, None)
-    }
-}
 
 /// Speculative decoding of an artifact on the GPU: its `decode`, `verify` and `draft` programs
 /// (the others compiled on first use, their kernels the artifact's `kernel.cu` with the
@@ -82,8 +68,8 @@ pub(super) fn open_artifact(
                 .with_context(|| format!("{}: graph `{name}` on the GPU", dir.display()))?;
         }
     }
-    let programs = CudaPrograms::new(spec.clone(), shared, "draft", options, source, launch);
-    let mut runner = CudaRunner::new(programs);
+    let backend = CudaBackend::new(spec.clone(), shared, "draft", source, launch);
+    let mut runner = CompiledRunner::on(ProgramCache::new(backend, options));
     for (name, shape, program) in opened.draft_programs() {
         runner
             .insert(shape, program.clone())
@@ -102,9 +88,7 @@ pub(super) fn open_artifact(
 
 /// A target and a DFlash drafter on the GPU without an artifact (tests, benchmarks): `store`
 /// holds both models' weights (uploaded once); every program is compiled for `options` when first
-/// needed, its kernel generated from `templates` (`mimo::TEMPLATES`).
-// Eight plain inputs of one constructor; a builder would only rename them.
-#[allow(clippy::too_many_arguments)]
+/// needed, its kernel generated from the built-in templates.
 pub fn cuda_pair(
     device: &Arc<dyn Device>,
     target: ModelSpec,
@@ -113,10 +97,9 @@ pub fn cuda_pair(
     max_context: usize,
     block_size: Option<usize>,
     options: CompileOptions,
-    templates: &'static [(&'static str, &'static str)],
 ) -> Result<(CudaEngine, DFlashDrafter)> {
     let launch = LaunchOptions::from_env();
-    let source = KernelSource::Templates(templates);
+    let source = KernelSource::Templates;
     let graph = decode_graph(&target, 1, max_context).context("building the decode graph")?;
     let decode = mimo_compiler::compile(&graph, &options).context("compiling the decode graph")?;
     let image = source.image(&target, &decode)?;
@@ -130,11 +113,11 @@ pub fn cuda_pair(
         options,
         launch,
     )?;
-    let programs = CudaPrograms::new(target.clone(), shared, "draft", options, source, launch);
+    let backend = CudaBackend::new(target.clone(), shared, "draft", source, launch);
     let drafter = DFlashDrafter::with_runner(
         draft,
         &target,
-        Box::new(CudaRunner::new(programs)),
+        Box::new(CompiledRunner::on(ProgramCache::new(backend, options))),
         max_context,
         block_size,
     )?;

@@ -1,6 +1,5 @@
-//! The drafters: the DFlash draft model, on the reference interpreter or on compiled programs
-//! ([`DraftRunner`]), and two test drafters whose acceptance is known in advance (every draft
-//! right, every draft wrong).
+//! The DFlash drafter: the draft model, on the reference interpreter or on compiled programs
+//! ([`DraftRunner`]).
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -14,7 +13,7 @@ use mimo_ir::model::dflash::{DraftSpec, draft_graph};
 use mimo_ir::{Graph, ModelSpec, Tensor};
 
 use super::{DraftContext, Drafter};
-use crate::engine::{ProgramRun, ProgramSet, i32s};
+use crate::engine::{Backend, ProgramCache, ProgramRun, i32s};
 
 /// Where a [`DFlashDrafter`] runs its draft graphs, keeping the draft's cache of context keys and
 /// values (state `draft.layers.L.{k,v}_cache`) from one call to the next.
@@ -32,24 +31,26 @@ pub trait DraftRunner: Send {
     fn reset(&mut self);
 }
 
-/// A draft's compiled programs on a [`ProgramSet`] as a [`DraftRunner`]: the CPU schedule
-/// executor ([`super::ScheduleRunner`]) or megakernels on a GPU ([`super::CudaRunner`]).
-pub struct CompiledRunner<P> {
-    programs: P,
+/// A draft's compiled programs by (block tokens, context rows) as a [`DraftRunner`], on the CPU
+/// schedule executor ([`crate::exec::CpuBackend`]) or megakernels ([`crate::cuda::CudaBackend`]),
+/// sharing the draft's cache.
+pub struct CompiledRunner<B: Backend> {
+    programs: ProgramCache<(usize, usize), B>,
 }
 
-impl<P> CompiledRunner<P> {
+impl<B: Backend> CompiledRunner<B> {
     /// A runner over `programs` (holding an artifact's, or none yet).
-    pub fn on(programs: P) -> Self {
+    pub fn on(programs: ProgramCache<(usize, usize), B>) -> Self {
         CompiledRunner { programs }
     }
 
-    pub fn programs_mut(&mut self) -> &mut P {
-        &mut self.programs
+    /// Adds a program compiled ahead of time for `shape` (its image made for it).
+    pub fn insert(&mut self, shape: (usize, usize), program: mimo_compiler::Program) -> Result<()> {
+        self.programs.insert(shape, program, None)
     }
 }
 
-impl<P: ProgramSet<(usize, usize)> + Send> DraftRunner for CompiledRunner<P> {
+impl<B: Backend> DraftRunner for CompiledRunner<B> {
     fn run(
         &mut self,
         shape: (usize, usize),
@@ -57,9 +58,7 @@ impl<P: ProgramSet<(usize, usize)> + Send> DraftRunner for CompiledRunner<P> {
         inputs: &[(&str, Tensor)],
         outputs: &[&str],
     ) -> Result<HashMap<String, Tensor>> {
-        self.programs
-            .program(&shape, graph)?
-            .run_step(inputs, outputs)
+        self.programs.get(&shape, graph)?.run_step(inputs, outputs)
     }
 
     fn reset(&mut self) {
@@ -287,76 +286,5 @@ impl DFlashDrafter {
             .collect();
         let logits = out.remove(LOGITS).map(|t| t.f32().to_vec());
         Ok((ids, logits))
-    }
-}
-
-/// Proposes a known continuation: with the target's own greedy output, every block is accepted
-/// whole.
-pub struct ReplayDrafter {
-    /// Prompt and continuation, as the target will commit them.
-    sequence: Vec<u32>,
-    block_size: usize,
-}
-
-impl ReplayDrafter {
-    pub fn new(sequence: Vec<u32>, block_size: usize) -> Self {
-        ReplayDrafter {
-            sequence,
-            block_size,
-        }
-    }
-}
-
-impl Drafter for ReplayDrafter {
-    fn block_size(&self) -> usize {
-        self.block_size
-    }
-    fn capture_layers(&self) -> &[usize] {
-        &[]
-    }
-    fn reset(&mut self) {}
-    /// The next `count` tokens of the sequence (0 past its end).
-    fn propose(&mut self, ctx: &DraftContext<'_>) -> Result<Vec<u32>> {
-        let from = ctx.tokens.len();
-        Ok((from..from + ctx.count)
-            .map(|i| self.sequence.get(i).copied().unwrap_or(0))
-            .collect())
-    }
-}
-
-/// Proposes, at every position, a token other than the known continuation's, so no draft is ever
-/// accepted and every step commits the target's bonus token alone.
-pub struct WrongDrafter {
-    sequence: Vec<u32>,
-    vocab_size: usize,
-    block_size: usize,
-}
-
-impl WrongDrafter {
-    pub fn new(sequence: Vec<u32>, vocab_size: usize, block_size: usize) -> Self {
-        WrongDrafter {
-            sequence,
-            vocab_size,
-            block_size,
-        }
-    }
-}
-
-impl Drafter for WrongDrafter {
-    fn block_size(&self) -> usize {
-        self.block_size
-    }
-    fn capture_layers(&self) -> &[usize] {
-        &[]
-    }
-    fn reset(&mut self) {}
-    fn propose(&mut self, ctx: &DraftContext<'_>) -> Result<Vec<u32>> {
-        let from = ctx.tokens.len();
-        Ok((from..from + ctx.count)
-            .map(|i| {
-                let right = self.sequence.get(i).copied().unwrap_or(0) as usize;
-                ((right + 1) % self.vocab_size.max(1)) as u32
-            })
-            .collect())
     }
 }

@@ -183,7 +183,7 @@ fn greedy_speculation_is_lossless_with_any_drafter() {
     assert!(out.accept_lengths.iter().all(|&a| (1..=BLOCK).contains(&a)));
 
     // (b) The known continuation: every block is accepted whole (the last one is cut at 256).
-    let mut replay = ReplayDrafter::new(sequence.clone(), BLOCK);
+    let mut replay = ScriptedDrafter::replay(sequence.clone(), BLOCK);
     let out = spec_run(&mut engine, &mut replay, &req);
     assert_eq!(out.generation.output_ids, plain.output_ids);
     let (last, full) = out.accept_lengths.split_last().unwrap();
@@ -195,7 +195,7 @@ fn greedy_speculation_is_lossless_with_any_drafter() {
     );
 
     // (c) Always wrong: one token (the bonus) per step.
-    let mut wrong = WrongDrafter::new(sequence, vocab, BLOCK);
+    let mut wrong = ScriptedDrafter::wrong(sequence, vocab, BLOCK);
     let out = spec_run(&mut engine, &mut wrong, &req);
     assert_eq!(out.generation.output_ids, plain.output_ids);
     assert_eq!(out.accept_lengths, vec![1; NEW - 1]);
@@ -234,7 +234,7 @@ fn sampling_follows_the_target_alone_and_is_seeded() {
     assert_eq!(out.generation.output_ids, reference);
     let mut sequence = req.prompt_ids.clone();
     sequence.extend(&reference);
-    let mut replay = ReplayDrafter::new(sequence, BLOCK);
+    let mut replay = ScriptedDrafter::replay(sequence, BLOCK);
     let out = spec_run(&mut engine, &mut replay, &req);
     assert_eq!(out.generation.output_ids, reference);
     assert!(
@@ -268,7 +268,7 @@ fn stops_at_a_stop_token_or_when_the_caller_says() {
     // A stop token in the middle of a fully accepted block ends the output right after it.
     let stop = plain[20];
     let first = plain.iter().position(|&t| t == stop).unwrap();
-    let mut replay = ReplayDrafter::new(sequence, 8);
+    let mut replay = ScriptedDrafter::replay(sequence, 8);
     let stopping = GenerateRequest {
         stop_ids: vec![stop],
         ..req.clone()
@@ -296,7 +296,7 @@ fn block_of_one_is_plain_decoding_and_bad_requests_are_refused() {
     let mut req = request(SamplingParams::default(), false);
     req.max_new_tokens = 12;
     let plain = generate(&mut engine, &req, go).unwrap().output_ids;
-    let mut one = WrongDrafter::new(Vec::new(), 128, 1);
+    let mut one = ScriptedDrafter::wrong(Vec::new(), 128, 1);
     let out = speculative_generate(&mut engine, &mut one, &req, go).unwrap();
     assert_eq!(out.generation.output_ids, plain);
     req.max_new_tokens = 5000;

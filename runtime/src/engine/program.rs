@@ -1,5 +1,6 @@
 //! [`ProgramEngine`]: a model's compiled programs behind the [`Engine`] trait, on whichever
-//! device runs them ([`ProgramSet`]: the CPU schedule executor, or megakernels on a GPU).
+//! device runs them ([`ProgramCache`] over a [`Backend`]: the CPU schedule executor, or
+//! megakernels on a GPU).
 //!
 //! Plain decoding runs the one-token `decode` program, one token per step (prompts too), greedy
 //! ids from the program's own argmax, logits read back only when asked for. With capture layers
@@ -18,9 +19,11 @@ use mimo_ir::model::build::{
     ACCEPTED, COMMITTED, FEATURES, LOGITS, NEXT_IDS, POSITIONS, TOKEN_IDS, decode_graph,
 };
 use mimo_ir::model::dflash::verify_graph;
-use mimo_ir::{Graph, ModelSpec, Tensor};
+use mimo_ir::{ModelSpec, Tensor};
 
-use super::{Engine, StepOutput, Verified, check_capture_layers, check_step, i32s};
+use super::{
+    Backend, Engine, ProgramCache, StepOutput, Verified, check_capture_layers, check_step, i32s,
+};
 
 /// Which compiled program of the target a step runs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -44,24 +47,11 @@ pub trait ProgramRun {
     fn read_f32_rows(&mut self, name: &str, rows: Range<usize>) -> Result<Vec<f32>>;
 }
 
-/// A model's compiled programs by key (a shape) on one device, all continuing one sequence in
-/// one KV state; those not added up front are compiled on first use.
-pub trait ProgramSet<K> {
-    type Run: ProgramRun;
-    /// The program of `key`, compiling the graph `build` makes the first time.
-    fn program(&mut self, key: &K, build: impl FnOnce() -> Result<Graph>)
-    -> Result<&mut Self::Run>;
-    /// A new sequence: the KV state emptied.
-    fn reset(&mut self) -> Result<()>;
-    /// Where the programs run, for logs and `--json` output.
-    fn describe(&self) -> String;
-}
-
-/// A compiled model on the programs of `P`: [`super::ScheduleEngine`] on the CPU,
+/// A compiled model on the programs of backend `B`: [`super::ScheduleEngine`] on the CPU,
 /// [`crate::cuda::CudaEngine`] on a GPU.
-pub struct ProgramEngine<P> {
+pub struct ProgramEngine<B: Backend> {
     spec: ModelSpec,
-    programs: P,
+    programs: ProgramCache<TargetProgram, B>,
     max_context: usize,
     capture: Vec<usize>,
     /// The most tokens one verify program takes (the drafter's block).
@@ -94,10 +84,14 @@ pub fn committed_rows(accepted: i32, committed: &[i32], block: usize) -> Result<
     }
 }
 
-impl<P: ProgramSet<TargetProgram>> ProgramEngine<P> {
+impl<B: Backend> ProgramEngine<B> {
     /// An engine over `programs` (holding an artifact's, or none yet), whose KV cache holds
     /// `max_context` positions.
-    pub fn with_programs(spec: ModelSpec, programs: P, max_context: usize) -> Self {
+    pub fn with_programs(
+        spec: ModelSpec,
+        programs: ProgramCache<TargetProgram, B>,
+        max_context: usize,
+    ) -> Self {
         ProgramEngine {
             spec,
             programs,
@@ -114,29 +108,29 @@ impl<P: ProgramSet<TargetProgram>> ProgramEngine<P> {
     }
 
     /// The programs.
-    pub fn programs(&self) -> &P {
+    pub fn programs(&self) -> &ProgramCache<TargetProgram, B> {
         &self.programs
     }
 
     /// The programs, to add one or reach one.
-    pub fn programs_mut(&mut self) -> &mut P {
+    pub fn programs_mut(&mut self) -> &mut ProgramCache<TargetProgram, B> {
         &mut self.programs
     }
 
-    fn decode_program(&mut self) -> Result<&mut P::Run> {
+    fn decode_program(&mut self) -> Result<&mut B::Loaded> {
         let (spec, ctx) = (&self.spec, self.max_context);
         self.programs
-            .program(&TargetProgram::Decode, || Ok(decode_graph(spec, 1, ctx)?))
+            .get(&TargetProgram::Decode, || Ok(decode_graph(spec, 1, ctx)?))
     }
 
-    fn verify_program(&mut self, tokens: usize) -> Result<&mut P::Run> {
+    fn verify_program(&mut self, tokens: usize) -> Result<&mut B::Loaded> {
         let which = TargetProgram::Verify {
             tokens,
             capture: self.capture.clone(),
         };
         let (spec, ctx, capture) = (&self.spec, self.max_context, &self.capture);
         self.programs
-            .program(&which, || Ok(verify_graph(spec, tokens, ctx, capture)?))
+            .get(&which, || Ok(verify_graph(spec, tokens, ctx, capture)?))
     }
 
     /// One token at a time through the decode program.
@@ -196,7 +190,7 @@ impl<P: ProgramSet<TargetProgram>> ProgramEngine<P> {
     }
 }
 
-impl<P: ProgramSet<TargetProgram> + Send> Engine for ProgramEngine<P> {
+impl<B: Backend> Engine for ProgramEngine<B> {
     fn spec(&self) -> &ModelSpec {
         &self.spec
     }

@@ -1,20 +1,19 @@
 //! A compiled model on the CPU schedule executor: the same tasks, events and memory plan as the
-//! megakernel, one thread per worker queue ([`ProgramEngine`] over [`Programs`]).
+//! megakernel, one thread per worker queue ([`ProgramEngine`] over [`CpuBackend`]).
 
 use std::collections::HashMap;
-use std::hash::Hash;
 use std::ops::Range;
 
 use anyhow::Result;
 use mimo_compiler::{CompileOptions, Program};
 use mimo_ir::interp::F32Weights;
-use mimo_ir::{Graph, ModelSpec, Tensor};
+use mimo_ir::{ModelSpec, Tensor};
 
-use super::program::{ProgramEngine, ProgramRun, ProgramSet, TargetProgram};
-use crate::exec::{Programs, ScheduleExecutor};
+use super::program::{ProgramEngine, ProgramRun, TargetProgram};
+use crate::exec::{CpuBackend, ScheduleExecutor};
 
 /// An artifact's programs (and those compiled on demand) on the CPU schedule executor.
-pub type ScheduleEngine = ProgramEngine<Programs<TargetProgram>>;
+pub type ScheduleEngine = ProgramEngine<CpuBackend>;
 
 impl ScheduleEngine {
     /// An engine with no program yet: add an artifact's with [`ScheduleEngine::insert`]; the
@@ -25,12 +24,12 @@ impl ScheduleEngine {
         max_context: usize,
         options: CompileOptions,
     ) -> Self {
-        ProgramEngine::with_programs(spec, Programs::new(weights, options), max_context)
+        ProgramEngine::with_programs(spec, CpuBackend::cache(weights, options), max_context)
     }
 
     /// Adds a program compiled ahead of time.
     pub fn insert(&mut self, which: TargetProgram, program: Program) -> Result<()> {
-        self.programs_mut().insert(which, program)
+        self.programs_mut().insert(which, program, None)
     }
 }
 
@@ -45,26 +44,5 @@ impl ProgramRun for ScheduleExecutor {
 
     fn read_f32_rows(&mut self, name: &str, rows: Range<usize>) -> Result<Vec<f32>> {
         Ok(self.read_rows(name, rows)?.f32().to_vec())
-    }
-}
-
-impl<K: Eq + Hash + Clone + std::fmt::Debug> ProgramSet<K> for Programs<K> {
-    type Run = ScheduleExecutor;
-
-    fn program(
-        &mut self,
-        key: &K,
-        build: impl FnOnce() -> Result<Graph>,
-    ) -> Result<&mut ScheduleExecutor> {
-        self.get(key, build)
-    }
-
-    fn reset(&mut self) -> Result<()> {
-        self.clear_state();
-        Ok(())
-    }
-
-    fn describe(&self) -> String {
-        format!("cpu schedule executor ({} workers)", self.workers())
     }
 }

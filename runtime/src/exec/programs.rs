@@ -1,89 +1,45 @@
-//! The compiled programs of one model by shape, each on its own [`ScheduleExecutor`], all
-//! continuing one sequence in one [`SharedState`].
-//!
-//! Programs are compiled only for fixed shapes, but a speculative step's shapes vary: a verify
-//! block is shorter at the end of the output, and the draft's new context rows number 1 to B. The
-//! few shapes that occur are compiled the first time they are needed (an artifact's programs are
-//! added up front) and kept, so each is compiled once per process.
+//! [`CpuBackend`]: the CPU schedule executor's half of a [`ProgramCache`]: every program on its
+//! own [`ScheduleExecutor`], all on one set of weights and one [`SharedState`].
 
-use std::collections::HashMap;
-use std::fmt::Debug;
-use std::hash::Hash;
-
-use anyhow::{Context, Result, bail};
-use mimo_compiler::{CompileOptions, Program, compile};
-use mimo_ir::Graph;
+use anyhow::{Result, bail};
+use mimo_compiler::{CompileOptions, Program};
 use mimo_ir::graph::NodeKind;
 use mimo_ir::interp::F32Weights;
 
 use super::{ScheduleExecutor, SharedState};
+use crate::engine::{Backend, ProgramCache};
 
-/// Executors by key (a shape), on shared weights and state.
-pub struct Programs<K> {
+/// Programs on the CPU schedule executor, sharing weights and state.
+pub struct CpuBackend {
     weights: F32Weights,
-    options: CompileOptions,
     state: Option<SharedState>,
-    execs: HashMap<K, ScheduleExecutor>,
 }
 
-impl<K: Eq + Hash + Clone + Debug> Programs<K> {
-    /// No program yet; those compiled here use `options` (an artifact's machine, so that every
-    /// program of a model is scheduled for the same workers).
-    pub fn new(weights: F32Weights, options: CompileOptions) -> Self {
-        Programs {
+impl CpuBackend {
+    pub fn new(weights: F32Weights) -> Self {
+        CpuBackend {
             weights,
-            options,
             state: None,
-            execs: HashMap::new(),
         }
     }
 
-    /// Adds a program compiled ahead of time (an artifact's) under `key`.
-    pub fn insert(&mut self, key: K, program: Program) -> Result<()> {
-        let exec = self.executor(program)?;
-        self.execs.insert(key, exec);
-        Ok(())
+    /// A cache of programs on `weights`, compiled with `options` when first needed.
+    pub fn cache<K>(weights: F32Weights, options: CompileOptions) -> ProgramCache<K, Self>
+    where
+        K: Eq + std::hash::Hash + Clone + std::fmt::Debug,
+    {
+        ProgramCache::new(CpuBackend::new(weights), options)
     }
+}
 
-    /// The executor of `key`, compiling the graph `build` makes the first time.
-    pub fn get(
-        &mut self,
-        key: &K,
-        build: impl FnOnce() -> Result<Graph>,
-    ) -> Result<&mut ScheduleExecutor> {
-        if !self.execs.contains_key(key) {
-            let graph = build()?;
-            let started = std::time::Instant::now();
-            let program = compile(&graph, &self.options)
-                .with_context(|| format!("compiling `{}` for {key:?}", graph.name))?;
-            tracing::debug!(
-                "compiled `{}` ({} tasks) in {:.3} s",
-                graph.name,
-                program.tasks.len(),
-                started.elapsed().as_secs_f64()
-            );
-            let exec = self.executor(program)?;
-            self.execs.insert(key.clone(), exec);
-        }
-        Ok(self.execs.get_mut(key).expect("inserted above"))
-    }
-
-    /// Worker threads per step.
-    pub fn workers(&self) -> usize {
-        self.options.machine.workers.max(1)
-    }
-
-    /// Zeroes the shared state: a new sequence.
-    pub fn clear_state(&self) {
-        if let Some(s) = &self.state {
-            s.clear();
-        }
-    }
+impl Backend for CpuBackend {
+    type Loaded = ScheduleExecutor;
+    type Image = ();
 
     /// An executor for `program` on the shared state (the first program lays it out), after
     /// checking that the weights hold every weight it declares, with its shape: a mismatch is
     /// named here rather than as a missing operand in the middle of a step.
-    fn executor(&mut self, program: Program) -> Result<ScheduleExecutor> {
+    fn load(&mut self, program: Program, _: Option<&()>) -> Result<ScheduleExecutor> {
         let graph = &program.graph;
         for (_, node) in graph.nodes_of(|k| matches!(k, NodeKind::Weight)) {
             let Some(w) = self.weights.get(&node.name) else {
@@ -113,6 +69,21 @@ impl<K: Eq + Hash + Clone + Debug> Programs<K> {
             state,
         )?)
     }
+
+    fn reset<'a>(&mut self, _: impl Iterator<Item = &'a mut ScheduleExecutor>) -> Result<()> {
+        if let Some(s) = &self.state {
+            s.clear();
+        }
+        Ok(())
+    }
+
+    fn describe(&self, workers: usize) -> String {
+        format!("cpu schedule executor ({workers} workers)")
+    }
+
+    fn place(&self) -> String {
+        "the cpu schedule executor".into()
+    }
 }
 
 #[cfg(test)]
@@ -132,7 +103,7 @@ mod tests {
             workers: 2,
             ..Machine::h100()
         });
-        let mut programs = Programs::new(weights, options);
+        let mut programs = CpuBackend::cache(weights, options);
         programs
             .get(&(1, 16), || Ok(decode_graph(&spec, 1, 16)?))
             .unwrap();
@@ -153,22 +124,23 @@ mod tests {
             "{err:#}"
         );
 
-        let mut empty = Programs::<usize>::new(F32Weights::default(), options);
+        let mut empty = CpuBackend::cache::<usize>(F32Weights::default(), options);
         let err = empty
             .get(&1, || Ok(decode_graph(&spec, 1, 16)?))
             .err()
             .unwrap();
         assert!(
-            err.to_string().contains(
-                "graph `qwen3_moe_t1` reads weight `lm_head`, which the loaded weights lack"
+            format!("{err:#}").contains(
+                "loading `qwen3_moe_t1` (1) on the cpu schedule executor: graph `qwen3_moe_t1` \
+                 reads weight `lm_head`, which the loaded weights lack"
             ),
-            "{err}"
+            "{err:#}"
         );
         let bigger = ModelSpec {
             vocab_size: 120,
             ..spec.clone()
         };
-        let mut other = Programs::<usize>::new(
+        let mut other = CpuBackend::cache::<usize>(
             F32Weights::from_store(&random_weights(&bigger, 1).unwrap()),
             options,
         );
@@ -177,9 +149,8 @@ mod tests {
             .err()
             .unwrap();
         assert!(
-            err.to_string()
-                .contains("reads weight `lm_head` as [97, 64], but it is [120, 64]"),
-            "{err}"
+            format!("{err:#}").contains("reads weight `lm_head` as [97, 64], but it is [120, 64]"),
+            "{err:#}"
         );
     }
 }

@@ -328,7 +328,7 @@ fn cuda_engine(model: &Model, dev: &Arc<dyn Device>, positions: usize) -> Result
                 );
             }
             let (program, image): (_, KernelImage) =
-                cuda::compile_in_memory(&model.spec, ctx, dev.info().sm_count, mimo::TEMPLATES)?;
+                cuda::compile_in_memory(&model.spec, ctx, dev.info().sm_count)?;
             CudaEngine::new(
                 dev,
                 model.spec.clone(),

@@ -1,4 +1,4 @@
-//! `mimo serve`: the model behind an OpenAI-compatible HTTP API (see `mimo_runtime::server`).
+//! `mimo serve`: the model behind an OpenAI-compatible HTTP API (see `mimo_server`).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -8,9 +8,9 @@ use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use mimo_runtime::dflash::{Drafter, open_speculative};
-use mimo_runtime::server::chat::ModelInfo;
-use mimo_runtime::server::{ServeConfig, serve};
 use mimo_runtime::session::{DeviceChoice, open_session};
+use mimo_server::chat::ModelInfo;
+use mimo_server::{ServeConfig, serve};
 
 use crate::options::{Device, speculative_choice};
 

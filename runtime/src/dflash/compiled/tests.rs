@@ -19,9 +19,10 @@ use super::super::tests::{
     BLOCK, CONTEXT as MAX_CONTEXT, NEW, draft_spec, go, positional_reference, target_spec, weights,
 };
 use super::*;
-use crate::dflash::{ReplayDrafter, WrongDrafter, speculative_generate};
+use crate::dflash::{ScriptedDrafter, speculative_generate};
+use crate::engine::ProgramCache;
 use crate::engine::{CpuEngine, Engine, StepOutput, Verified};
-use crate::exec::Programs;
+use crate::exec::CpuBackend;
 use crate::generate::{GenerateRequest, generate};
 use crate::sampling::SamplingParams;
 
@@ -54,14 +55,14 @@ fn rel_err(got: &[f32], want: &[f32]) -> f32 {
 struct Both<K> {
     weights: mimo_ir::interp::F32Weights,
     state: StateStore,
-    programs: Programs<K>,
+    programs: ProgramCache<K, CpuBackend>,
 }
 
 impl<K: Eq + std::hash::Hash + Clone + std::fmt::Debug> Both<K> {
     fn new() -> Self {
         let weights = weights();
         Both {
-            programs: Programs::new(weights.clone(), fine_grained()),
+            programs: CpuBackend::cache(weights.clone(), fine_grained()),
             weights,
             state: StateStore::new(),
         }
@@ -261,7 +262,7 @@ fn compiled_greedy_speculation_is_lossless_for_256_tokens() {
 
     // (b) The known continuation: every block is accepted whole (the last one is cut at 256).
     let req = request(false);
-    let mut replay = ReplayDrafter::new(sequence.clone(), BLOCK);
+    let mut replay = ScriptedDrafter::replay(sequence.clone(), BLOCK);
     let out = speculative_generate(&mut engine, &mut replay, &req, go).unwrap();
     assert_eq!(out.generation.output_ids, plain.output_ids);
     let (last, full) = out.accept_lengths.split_last().unwrap();
@@ -270,7 +271,7 @@ fn compiled_greedy_speculation_is_lossless_for_256_tokens() {
 
     // (c) Always wrong: the bonus token alone, every step.
     let vocab = engine.spec().vocab_size;
-    let mut wrong = WrongDrafter::new(sequence, vocab, BLOCK);
+    let mut wrong = ScriptedDrafter::wrong(sequence, vocab, BLOCK);
     let out = speculative_generate(&mut engine, &mut wrong, &req, go).unwrap();
     assert_eq!(out.generation.output_ids, plain.output_ids);
     assert_eq!(out.accept_lengths, vec![1; NEW - 1]);

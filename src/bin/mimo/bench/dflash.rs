@@ -30,13 +30,14 @@ use mimo_ir::model::dflash::{
 };
 use mimo_ir::model::names::{self, LayerWeight};
 use mimo_ir::weights::WeightStore;
-use mimo_runtime::cuda::{CudaEngine, CudaPrograms, KernelSource, LaunchOptions};
+use mimo_runtime::cuda::{CudaBackend, CudaEngine, KernelSource, LaunchOptions};
 use mimo_runtime::device::Device;
 use mimo_runtime::dflash::{
-    CudaRunner, DFlashDrafter, DraftContext, Drafter, InterpreterRunner, ScheduleRunner,
+    CompiledRunner, DFlashDrafter, DraftContext, Drafter, InterpreterRunner,
 };
 use mimo_runtime::draft::load_draft;
-use mimo_runtime::engine::{CpuEngine, Engine, ScheduleEngine, TargetProgram};
+use mimo_runtime::engine::{CpuEngine, Engine, ProgramCache, ScheduleEngine, TargetProgram};
+use mimo_runtime::exec::CpuBackend;
 use mimo_runtime::{builtin, cuda};
 use serde_json::{Value, json};
 
@@ -214,7 +215,10 @@ fn setup(
             backend: "cpu-schedule-executor",
             copy_bandwidth_gbs: host_copy_bandwidth_gbs(),
             drafter: Box::new(move |b| {
-                let runner = Box::new(ScheduleRunner::new(weights.clone(), options));
+                let runner = Box::new(CompiledRunner::on(CpuBackend::cache(
+                    weights.clone(),
+                    options,
+                )));
                 DFlashDrafter::with_runner(dspec.clone(), &target, runner, art_context, Some(b))
             }),
             draft_backend: "cpu-schedule-executor",
@@ -254,11 +258,10 @@ fn gpu_setup(
     let target = model.spec.clone();
     let dspec = draft.spec.clone();
     let ctx = max_context.next_multiple_of(64);
-    let (decode, image) =
-        cuda::compile_in_memory(&target, ctx, dev.info().sm_count, mimo::TEMPLATES)?;
+    let (decode, image) = cuda::compile_in_memory(&target, ctx, dev.info().sm_count)?;
     let options = CompileOptions::for_machine(decode.machine);
     let launch = LaunchOptions::from_env();
-    let source = KernelSource::Templates(mimo::TEMPLATES);
+    let source = KernelSource::Templates;
     // `run` put the draft's weights into the model's store: one upload holds both.
     debug_assert!(
         draft
@@ -283,15 +286,14 @@ fn gpu_setup(
         backend: "cuda-megakernel",
         copy_bandwidth_gbs,
         drafter: Box::new(move |b| {
-            let programs = CudaPrograms::new(
+            let backend = CudaBackend::new(
                 target.clone(),
                 shared.clone(),
                 "draft",
-                options,
                 source.clone(),
                 launch,
             );
-            let runner = Box::new(CudaRunner::new(programs));
+            let runner = Box::new(CompiledRunner::on(ProgramCache::new(backend, options)));
             DFlashDrafter::with_runner(dspec.clone(), &target, runner, ctx, Some(b))
         }),
         draft_backend: "cuda-megakernel",

@@ -1,7 +1,10 @@
+use std::path::Path;
+
 use mimo_ir::formats::WeightFormat;
 use mimo_ir::weights::WeightData;
+use mimo_ir::{Architecture, WeightFormats};
 
-use super::*;
+use crate::checkpoint::test_checkpoints::*;
 use crate::model::{load_model, resolve_model};
 
 #[test]

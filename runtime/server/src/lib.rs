@@ -28,11 +28,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::dflash::Drafter;
-use crate::session::Session;
-use crate::tokenizer::Tokenizer;
 use chat::{ChatTemplate, ModelInfo};
 use metrics::Metrics;
+use mimo_runtime::dflash::Drafter;
+use mimo_runtime::session::Session;
+use mimo_runtime::tokenizer::Tokenizer;
 use queue::Queue;
 
 /// How `mimo serve` was asked to run.

@@ -18,11 +18,11 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::metrics::Metrics;
 use super::stop::StopMatcher;
-use crate::dflash::{Drafter, speculative_generate};
-use crate::engine::Engine;
-use crate::generate::{FinishReason, GenerateRequest, generate};
-use crate::sampling::SamplingParams;
-use crate::tokenizer::{StreamDecoder, Tokenizer};
+use mimo_runtime::dflash::{Drafter, speculative_generate};
+use mimo_runtime::engine::Engine;
+use mimo_runtime::generate::{FinishReason, GenerateRequest, generate};
+use mimo_runtime::sampling::SamplingParams;
+use mimo_runtime::tokenizer::{StreamDecoder, Tokenizer};
 
 /// One generation, as the worker runs it.
 #[derive(Debug)]

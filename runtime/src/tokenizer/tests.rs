@@ -1,6 +1,7 @@
 use serde_json::Value;
+use std::path::PathBuf;
 
-use super::*;
+use crate::checkpoint::test_checkpoints::*;
 use crate::tokenizer::{StreamDecoder, Tokenizer, eos_token_ids};
 
 fn fixture_tokenizers() -> Vec<(PathBuf, Tokenizer, Value)> {

@@ -508,5 +508,4 @@ fn kind(v: &Value) -> &'static str {
 }
 
 #[cfg(test)]
-#[path = "openai_tests.rs"]
 mod tests;

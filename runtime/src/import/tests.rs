@@ -1,11 +1,16 @@
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use mimo_ir::{Architecture, ModelSpec, WeightFormats};
+use safetensors::tensor::TensorView;
 use std::cell::RefCell;
 
 use mimo_ir::formats::WeightFormat;
 use mimo_ir::model::names::all_weights;
 use mimo_ir::weights::{WeightData, WeightStore};
 
-use super::*;
 use crate::checkpoint::Checkpoint;
+use crate::checkpoint::test_checkpoints::*;
 use crate::import::load_weights;
 
 fn load(spec: &ModelSpec, dir: &Path) -> Result<WeightStore, crate::LoadError> {

@@ -1,8 +1,12 @@
-use half::{bf16, f16};
-use mimo_ir::formats::WeightFormat;
+use std::collections::BTreeMap;
 
-use super::*;
+use half::{bf16, f16};
+use mimo_ir::Architecture;
+use mimo_ir::formats::WeightFormat;
+use safetensors::tensor::TensorView;
+
 use crate::checkpoint::Checkpoint;
+use crate::checkpoint::test_checkpoints::*;
 
 fn one(name: &str, shape: Vec<usize>, values: Vec<f32>) -> Tensors {
     Tensors::from([(name.to_string(), (shape, values))])

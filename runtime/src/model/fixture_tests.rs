@@ -1,11 +1,13 @@
 //! Every committed transformers fixture loads, with the config's numbers and the raw tensors.
 
+use mimo_ir::{Architecture, ModelSpec, WeightFormats};
+
 use mimo_ir::formats::WeightFormat;
 use mimo_ir::model::config::spec_from_hf_config;
 use mimo_ir::model::names::all_weights;
 
-use super::*;
 use crate::checkpoint::Checkpoint;
+use crate::checkpoint::test_checkpoints::*;
 use crate::model::load_model;
 
 #[test]

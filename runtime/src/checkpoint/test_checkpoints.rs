@@ -1,11 +1,5 @@
-//! Tests of loading, on tiny checkpoints written here with the safetensors crate (per-expert,
-//! fused and sharded layouts, f32/bf16/f16) and on the committed transformers fixtures.
-
-mod checkpoint;
-mod fixtures;
-mod import;
-mod model;
-mod tokenizer;
+//! Tiny checkpoints for the loading tests (of checkpoints, weight import, models, tokenizers),
+//! written with the safetensors crate: per-expert, fused and sharded layouts, f32/bf16/f16.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

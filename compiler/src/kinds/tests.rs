@@ -140,17 +140,8 @@ fn tiny_dflash_programs_fuse_into_these_kinds() {
     let kinds =
         |g: &Graph| -> Vec<FusedKind> { compile_on(g, 16).ops.iter().map(|o| o.kind).collect() };
     let [(_, verify), (_, draft_g)] = <[_; 2]>::try_from(graphs(&target, &draft, 128)).unwrap();
-    let layer = [
-        NormMatmul,
-        KvAppend,
-        AttentionPartial,
-        OprojResidual,
-        NormMatmul,
-        ExpertGateUp,
-        ExpertDown,
-    ];
     let mut want = vec![Embed];
-    (0..target.num_layers).for_each(|_| want.extend(layer));
+    (0..target.num_layers).for_each(|_| want.extend(crate::fuse::tests::MOE_LAYER));
     want.extend([Concat, LmHead, ArgmaxCombine, Accept]);
     assert_eq!(kinds(&verify), want);
     // Per draft layer: K/V injection (context rows above the block's, both normed), q, k/v,

@@ -13,8 +13,8 @@ use minijinja::{Environment, Error, ErrorKind, Value as JValue, context};
 use serde_json::{Map, Value};
 
 use super::openai::ChatMessage;
-use crate::builtin;
-use crate::model::resolve_model;
+use mimo_runtime::builtin;
+use mimo_runtime::model::resolve_model;
 
 /// What serving needs from a model directory beyond what a `Session` carries.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -284,7 +284,7 @@ mod tests {
 
     #[test]
     fn fixtures_have_templates() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hf/qwen3_moe_a");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hf/qwen3_moe_a");
         let info = ModelInfo::load(Some(&dir)).unwrap();
         assert!(info.chat_template.unwrap().contains("im_start"));
         assert_eq!(info.bos_token.as_deref(), Some("<|endoftext|>"));

@@ -20,7 +20,7 @@ use super::error::ApiError;
 use super::openai::{self, Common, Prompt};
 use super::queue::{Job, Rejected};
 use super::reply::{Kind, Reply, Waiter, collect, stream};
-use crate::sampling::SamplingParams;
+use mimo_runtime::sampling::SamplingParams;
 
 /// How long past its deadline a handler waits for the worker to report a timeout itself.
 const GRACE: Duration = Duration::from_secs(2);
