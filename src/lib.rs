@@ -1,6 +1,10 @@
 //! Plumbing shared by the `mimo` and `mimo-compile` command lines: one-line errors, exit codes,
-//! logging and progress bars. The work itself lives in the `mimo-ir`, `mimo-compiler` and
-//! `mimo-runtime` crates.
+//! logging and progress bars; and [`random_checkpoint`], the deterministic random checkpoints of
+//! any shape that `mimo random-checkpoint` writes for benchmarks (and the end-to-end tests use).
+//! The work itself lives in the `mimo-ir`, `mimo-compiler`, `mimo-runtime` and `mimo-server`
+//! crates.
+
+pub mod random_checkpoint;
 
 use std::process::ExitCode;
 

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use common::{ids, mimo, mimo_json, read_json, rel_l2, rows, write_draft};
+use mimo::random_checkpoint::{RandomOptions, write_random_checkpoint};
 use mimo_ir::formats::WeightFormat;
 use mimo_ir::interp::F32Weights;
 use mimo_ir::model::dflash::DraftSpec;
@@ -16,7 +17,6 @@ use mimo_runtime::dflash::{DFlashDrafter, DraftContext};
 use mimo_runtime::draft::load_draft;
 use mimo_runtime::engine::{CpuEngine, Engine};
 use mimo_runtime::load_model;
-use mimo_runtime::random_checkpoint::{RandomOptions, write_random_checkpoint};
 use serde_json::json;
 
 fn fixtures() -> PathBuf {

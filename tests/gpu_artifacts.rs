@@ -16,11 +16,11 @@ use common::parity::{Bf16Twin, MODEL_TOLERANCE, Oracle, check_greedy_run};
 use common::{
     compile_artifact, hf_fixtures, ids, mimo_compile, mimo_json, model_toml, read_json, write_draft,
 };
+use mimo::random_checkpoint::{RandomOptions, write_random_checkpoint};
 use mimo_ir::formats::WeightFormat;
 use mimo_ir::interp::F32Weights;
 use mimo_runtime::engine::CpuEngine;
 use mimo_runtime::load_model;
-use mimo_runtime::random_checkpoint::{RandomOptions, write_random_checkpoint};
 
 const NEW_TOKENS: usize = 64;
 

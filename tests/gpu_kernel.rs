@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use common::parity::{Bf16Twin, MODEL_TOLERANCE, Oracle, compare_greedy, rel_l2};
 use common::{model_toml, read_json};
+use mimo::random_checkpoint::random_weights;
 use mimo_compiler::fuse::FusedKind;
 use mimo_compiler::{CompileOptions, Machine, Program, compile};
 use mimo_ir::formats::WeightFormat;
@@ -59,7 +60,6 @@ use mimo_runtime::engine::{CpuEngine, Engine};
 use mimo_runtime::exec::ScheduleExecutor;
 use mimo_runtime::generate::{GenerateRequest, generate};
 use mimo_runtime::load_model;
-use mimo_runtime::random_checkpoint::random_weights;
 use mimo_runtime::sampling::SamplingParams;
 
 // ---- paths that hold on the GPU machine too ----

@@ -50,6 +50,9 @@ pub trait CStruct: Sized {
     const C_DECLARATION: &'static str;
     /// Size in 4-byte words.
     const WORDS: usize;
+    /// Appends the declarations this one needs (of the structs it nests), then its own, each
+    /// once.
+    fn declare(out: &mut Vec<&'static str>);
     /// Appends the struct's words, in its C layout (little-endian, u64 low word first).
     fn write_words(&self, out: &mut Vec<u32>);
     /// The struct from exactly [`Self::WORDS`] words.
@@ -208,11 +211,9 @@ pub fn c_declarations() -> String {
     }
     let mut declared = vec![];
     for kind in kinds::KINDS {
-        if !declared.contains(&kind.args_name) {
-            declared.push(kind.args_name);
-            s.push_str(kind.args_declaration);
-        }
+        (kind.declare)(&mut declared);
     }
+    declared.iter().for_each(|d| s.push_str(d));
     let _ = writeln!(
         s,
         "// The operands of one fused op, as its kind's member.\nunion OpArgs {{"
@@ -357,6 +358,32 @@ mod tests {
         assert_eq!(&bytes[..8], &0x0102_0304_0506_0708u64.to_le_bytes());
         assert_eq!(&bytes[88..], &[7, 0, 0, 0, 9, 0, 0, 0]);
         assert_eq!(std::mem::offset_of!(KernelParams, step), 88);
+
+        // A nested struct's words sit in its place, and its operands are the struct's.
+        let down = kinds::ExpertDownArgs {
+            act: 1,
+            residual: 2,
+            out: 3,
+            down: 4,
+            routing: kinds::ExpertRouting {
+                logits: 5,
+                experts: 6,
+                top_k: 7,
+                normalize: 1,
+            },
+            hidden: 8,
+            intermediate: 9,
+        };
+        assert_eq!(kinds::ExpertDownArgs::WORDS, 10);
+        assert_eq!(down.to_words(), [1, 2, 3, 4, 5, 6, 7, 1, 8, 9]);
+        assert_eq!(kinds::ExpertDownArgs::from_words(&down.to_words()), down);
+        let arena: Vec<u32> = down
+            .operands()
+            .into_iter()
+            .filter(|o| o.0 == Operand::ArenaOffset)
+            .map(|o| o.2)
+            .collect();
+        assert_eq!(arena, [1, 2, 3, 5]);
     }
 
     #[test]
@@ -382,8 +409,12 @@ mod tests {
                 kind.name
             )));
         }
-        // A struct is declared once however many kinds share it.
+        // A struct is declared once however many kinds share it, a nested one before its users.
         assert_eq!(c.matches("struct DenseProjectionArgs {").count(), 1);
+        assert_eq!(c.matches("struct ExpertRouting {").count(), 1);
+        let at = |s: &str| c.find(s).unwrap_or_else(|| panic!("{s} missing"));
+        assert!(at("struct ExpertRouting {") < at("struct ExpertGateUpArgs {"));
+        assert!(c.contains("    ExpertRouting routing;\n"), "{c}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 
 use mimo_ir::{ModelSpec, graph::NodeKind};
 
+use crate::kinds::{self, KernelShape};
 use crate::program::Program;
 
 // `TEMPLATES`: every file under templates/, by path relative to it (embedded by build.rs).
@@ -48,10 +49,17 @@ pub fn generated_header(spec: &ModelSpec, program: &Program) -> String {
         .chain([spec.head_dim])
         .max()
         .unwrap_or(1);
+    let model = KernelShape::of(spec, tokens);
     let smem = attention
         .iter()
-        .map(|a| attention_shared_memory_bytes(a, tokens))
-        .chain([shared_memory_bytes(spec, tokens)])
+        .map(|a| KernelShape {
+            heads: a.heads,
+            kv_heads: a.kv_heads,
+            head_dim: a.head_dim,
+            ..model
+        })
+        .chain([model])
+        .map(|shape| kinds::shared_memory_bytes(&shape))
         .max()
         .unwrap_or(0);
     let mut s = String::new();
@@ -76,39 +84,10 @@ pub fn generated_header(spec: &ModelSpec, program: &Program) -> String {
     s
 }
 
-/// Dynamic shared memory a worker block needs: the largest of the device functions' needs
-/// (activation tiles staged as bf16, per-warp accumulator scratch, the routing table; attention's
-/// per-head scratch is `attention_shared_memory_bytes`). This is the one statement of the
-/// formula: the templates carve their shared memory in the same order, and a task that needs
-/// more than the launch passes stops the kernel with a diagnostic naming the bytes.
+/// Dynamic shared memory a worker block needs for `spec`'s layers at `tokens` per step: the
+/// largest of the fused kinds' needs (each declared in its module of [`crate::kinds`]).
 pub fn shared_memory_bytes(spec: &ModelSpec, tokens: usize) -> usize {
-    let up16 = |x: usize| x.div_ceil(16) * 16;
-    let warps = THREADS / 32;
-    let n_tiles = tokens.div_ceil(8);
-    let stage = |rows: usize, k: usize| up16(rows * (k.div_ceil(8).div_ceil(8) * 8 + 2) * 16);
-    let top_k = spec.experts_per_token;
-    let routing =
-        up16(12 * tokens * top_k + 4 * tokens * tokens * top_k + 8 * spec.num_experts + 16);
-    let accumulators = up16(2048 * warps * n_tiles);
-    let prologue = up16(64 + 4 * warps * tokens);
-    let group = spec.num_heads / spec.num_kv_heads;
-    // expert_down stages T * TOP_K activation rows: up to 1024 of I at once, less (in multiples
-    // of 256, the template picks the widest that fits) where that would pass the block's limit,
-    // as it does at T = 16 (a DFlash verify block) for Qwen3-30B-A3B.
-    let mut expert_down_slab = spec.expert_intermediate_size.min(1024);
-    while expert_down_slab > 256
-        && routing + accumulators + stage(tokens * top_k, expert_down_slab) > MAX_DYNAMIC_SMEM
-    {
-        expert_down_slab = (expert_down_slab - 1) / 256 * 256;
-    }
-    let needs = [
-        prologue + accumulators + stage(tokens, spec.hidden_size),
-        accumulators + stage(tokens, spec.q_dim()),
-        routing + prologue + accumulators + stage(tokens, spec.hidden_size),
-        routing + accumulators + stage(tokens * top_k, expert_down_slab),
-        up16(4 * (2 * group * spec.head_dim + 256 * group + 3 * group)),
-    ];
-    needs.into_iter().max().unwrap_or(0)
+    kinds::shared_memory_bytes(&KernelShape::of(spec, tokens))
 }
 
 /// The head shape of one attention of a program.
@@ -141,18 +120,6 @@ fn attention_shapes(program: &Program) -> Vec<AttentionShape> {
             }
         })
         .collect()
-}
-
-/// What the attention and the output projection of heads `a` need (the formulas of
-/// [`shared_memory_bytes`]).
-fn attention_shared_memory_bytes(a: &AttentionShape, tokens: usize) -> usize {
-    let up16 = |x: usize| x.div_ceil(16) * 16;
-    let warps = THREADS / 32;
-    let stage = |rows: usize, k: usize| up16(rows * (k.div_ceil(8).div_ceil(8) * 8 + 2) * 16);
-    let accumulators = up16(2048 * warps * tokens.div_ceil(8));
-    let group = a.heads / a.kv_heads.max(1);
-    (accumulators + stage(tokens, a.heads * a.head_dim))
-        .max(up16(4 * (2 * group * a.head_dim + 256 * group + 3 * group)))
 }
 
 /// `megakernel.cu` with `generated.cuh` and every other quoted include inlined once, in order.

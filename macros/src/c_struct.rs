@@ -2,8 +2,9 @@
 //! reads, from which its C declaration (for `generated.cuh`) and its word encoding are generated.
 //!
 //! Fields are 4-byte scalars (`u32`, `i32`, `f32` and the operand aliases `ArenaOffset`,
-//! `StateOffset`, `WeightIndex`, which are `u32` on both sides), arrays of them, or `u64` (an
-//! address where `#[c_type = "const Task*"]` names the C type). The layout is checked to have no
+//! `StateOffset`, `WeightIndex`, which are `u32` on both sides), arrays of them, `u64` (an
+//! address where `#[c_type = "const Task*"]` names the C type), or another `CStruct` of 4-byte
+//! fields, nested whole (declared before the struct that nests it). The layout is checked to have no
 //! padding, so the C struct and the Rust struct agree byte for byte without a hand-kept copy.
 
 use proc_macro2::TokenStream as TokenStream2;
@@ -21,6 +22,8 @@ struct Field {
     len: Option<usize>,
     /// The operand role of a `u32` alias (`ArenaOffset`, ...), for `CStruct::operands`.
     role: Option<syn::Ident>,
+    /// Another `CStruct` (4-byte aligned), nested whole.
+    nested: Option<Type>,
     doc: Vec<String>,
 }
 
@@ -84,12 +87,8 @@ fn scalar_of(ty: &Type) -> syn::Result<(String, Scalar, Option<syn::Ident>)> {
         "ArenaOffset" | "StateOffset" | "WeightIndex" => {
             (name.clone(), Scalar::U32, Some(last.ident.clone()))
         }
-        _ => {
-            return Err(syn::Error::new_spanned(
-                ty,
-                "a CStruct field is u32, i32, f32, u64, ArenaOffset, StateOffset, WeightIndex or an array of one",
-            ));
-        }
+        // Any other type is another CStruct, nested whole.
+        _ => (name.clone(), Scalar::U32, None),
     })
 }
 
@@ -111,6 +110,22 @@ fn field(f: &syn::Field) -> syn::Result<Field> {
         ty => (ty, None),
     };
     let (mut c_type, scalar, role) = scalar_of(elem)?;
+    let known = [
+        "u32",
+        "i32",
+        "f32",
+        "u64",
+        "ArenaOffset",
+        "StateOffset",
+        "WeightIndex",
+    ];
+    let nested = (!known.contains(&c_type.as_str()) && c_type != "float").then(|| elem.clone());
+    if nested.is_some() && len.is_some() {
+        return Err(syn::Error::new_spanned(
+            &f.ty,
+            "arrays of nested structs are not supported",
+        ));
+    }
     if let Some(over) = c_type_override(&f.attrs)? {
         if scalar != Scalar::U64 || len.is_some() {
             return Err(syn::Error::new_spanned(
@@ -126,6 +141,7 @@ fn field(f: &syn::Field) -> syn::Result<Field> {
         scalar,
         len,
         role,
+        nested,
         doc: docs(&f.attrs),
     })
 }
@@ -163,7 +179,14 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
     // No padding: every u64 starts 8-byte aligned and the size is a multiple of the alignment.
     let mut words = 0usize;
     let mut align = 1usize;
-    for f in &fields {
+    let nested: Vec<&Type> = fields.iter().filter_map(|f| f.nested.as_ref()).collect();
+    if !nested.is_empty() && fields.iter().any(|f| f.scalar == Scalar::U64) {
+        return Err(syn::Error::new_spanned(
+            &input.ident,
+            "a CStruct with a u64 field cannot nest structs",
+        ));
+    }
+    for f in fields.iter().filter(|f| f.nested.is_none()) {
         if f.scalar == Scalar::U64 {
             align = 2;
             if !words.is_multiple_of(2) {
@@ -203,6 +226,9 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
 
     let write = fields.iter().map(|f| {
         let id = &f.ident;
+        if f.nested.is_some() {
+            return quote!(::mimo_compiler::abi::CStruct::write_words(&self.#id, out););
+        }
         let one = |v: TokenStream2| match f.scalar {
             Scalar::U32 => quote!(out.push(#v);),
             Scalar::I32 => quote!(out.push(#v as u32);),
@@ -219,6 +245,14 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
     });
     let read = fields.iter().map(|f| {
         let id = &f.ident;
+        if let Some(ty) = &f.nested {
+            return quote!(#id: {
+                let n = <#ty as ::mimo_compiler::abi::CStruct>::WORDS;
+                let v = <#ty as ::mimo_compiler::abi::CStruct>::from_words(&words[at..at + n]);
+                at += n;
+                v
+            },);
+        }
         let n = f.scalar.words();
         let one = match f.scalar {
             Scalar::U32 => quote!(words[at]),
@@ -235,6 +269,9 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
     });
     let operands = fields.iter().filter_map(|f| {
         let id = &f.ident;
+        if f.nested.is_some() {
+            return Some(quote!(out.extend(::mimo_compiler::abi::CStruct::operands(&self.#id));));
+        }
         let role = f.role.as_ref()?;
         let field = id.to_string();
         Some(match f.len {
@@ -248,13 +285,19 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
         impl ::mimo_compiler::abi::CStruct for #ident {
             const C_NAME: &'static str = #name;
             const C_DECLARATION: &'static str = #decl;
-            const WORDS: usize = #words;
+            const WORDS: usize = #words #(+ <#nested as ::mimo_compiler::abi::CStruct>::WORDS)*;
+            fn declare(out: &mut ::std::vec::Vec<&'static str>) {
+                #(<#nested as ::mimo_compiler::abi::CStruct>::declare(out);)*
+                if !out.contains(&Self::C_DECLARATION) {
+                    out.push(Self::C_DECLARATION);
+                }
+            }
             fn write_words(&self, out: &mut ::std::vec::Vec<u32>) {
                 #(#write)*
             }
             #[allow(unused_assignments)]
             fn from_words(words: &[u32]) -> Self {
-                assert_eq!(words.len(), #words, "{} is {} words", #name, #words);
+                assert_eq!(words.len(), Self::WORDS, "{} is {} words", #name, Self::WORDS);
                 let mut at = 0usize;
                 Self { #(#read)* }
             }
@@ -266,8 +309,13 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
             }
         }
         const _: () = assert!(
-            ::std::mem::size_of::<#ident>() == #words * 4,
+            ::std::mem::size_of::<#ident>()
+                == <#ident as ::mimo_compiler::abi::CStruct>::WORDS * 4,
             "a CStruct has no padding"
         );
+        #(const _: () = assert!(
+            ::std::mem::align_of::<#nested>() == 4,
+            "a nested CStruct is 4-byte aligned"
+        );)*
     })
 }

@@ -15,7 +15,6 @@
 //! - [`session`]: a model path and a device choice to a ready engine;
 //! - [`generate`]: autoregressive generation over any engine, streaming tokens;
 //! - [`draft`], [`dflash`]: DFlash draft checkpoints and speculative decoding;
-//! - [`random_checkpoint`]: deterministic random checkpoints of any shape, for benchmarks;
 //! - [`cuda`]: the megakernel engine on an NVIDIA GPU (driver loaded at run time) or the
 //!   emulator ([`emu`]).
 //!
@@ -34,7 +33,6 @@ pub mod exec;
 pub mod generate;
 pub mod import;
 pub mod model;
-pub mod random_checkpoint;
 pub mod sampling;
 pub mod session;
 pub mod tokenizer;

@@ -101,7 +101,7 @@ typedef float GroupAcc[2][kNTiles][4];
 // What a projection op hands to the shared engine instance (ops/projections.cuh): its kind, the
 // size of the work, the pass, and its mapping object (the op's policy struct, see the top of
 // this file) stored in `map`. One per block, in static shared memory (proj_plan), so that the
-// dynamic shared memory formula (compiler/src/codegen.rs) need not count it; thread 0 writes it,
+// dynamic shared memory needs (compiler/src/kinds/) need not count it; thread 0 writes it,
 // and a barrier precedes run_projection().
 struct ProjPlan {
     u32 kind;  // TaskKind

@@ -79,12 +79,14 @@ __device__ __forceinline__ void route_token(const float* logits, u32 E, u32 top_
     }
 }
 
-// Top-k of the T tokens of logits [T, E] (arena) into r.ids / r.weights: warp t takes token t.
-// No barrier: the caller synchronises before route_distinct(). Requires E <= MIMO_MAX_EXPERTS
-// and top_k <= min(E, MIMO_MAX_TOP_K) (the caller checks).
-__device__ __forceinline__ void route_topk(const float* logits, u32 E, u32 top_k, bool norm_topk, Routing& r) {
+// Top-k of the T tokens of the router logits [T, E] (arena) into r.ids / r.weights: warp t
+// takes token t. No barrier: the caller synchronises before route_distinct(). Requires
+// E <= MIMO_MAX_EXPERTS and top_k <= min(E, MIMO_MAX_TOP_K) (the caller checks).
+__device__ __forceinline__ void route_topk(const KernelParams& p, const ExpertRouting& a, Routing& r) {
+    const u32 E = a.experts, top_k = a.top_k;
     for (u32 t = warp_id(); t < MIMO_TOKENS; t += kWarps)
-        route_token(logits + t * E, E, top_k, norm_topk, r.ids + t * top_k, r.weights + t * top_k);
+        route_token(p.arena + a.logits + t * E, E, top_k, a.normalize != 0, r.ids + t * top_k,
+                    r.weights + t * top_k);
 }
 
 // The distinct experts of r.ids in order of first appearance, and each token's slot for each.

@@ -35,11 +35,11 @@ struct ExpertDownMap {
     __device__ i32 slot_of(u32 d, u32 n) const { return n < kTokens ? route->slot[d * kTokens + n] : -1; }
     __device__ u32 b_row(u32, u32 d, u32 n) const {
         const i32 j = slot_of(d, n);
-        return j < 0 ? 0u : n * a->top_k + (u32)j;
+        return j < 0 ? 0u : n * a->routing.top_k + (u32)j;
     }
     __device__ float col_scale(u32, u32 d, u32 n) const {
         const i32 j = slot_of(d, n);
-        return j < 0 ? 0.0f : route->weights[n * a->top_k + (u32)j];
+        return j < 0 ? 0.0f : route->weights[n * a->routing.top_k + (u32)j];
     }
     __device__ void emit(u32 group, u32 row, u32 n, float v, float) const {
         const u32 H = a->hidden;
@@ -53,7 +53,7 @@ struct ExpertDownMap {
 
 __device__ __noinline__ u32 run_expert_down(const KernelParams& p, const ExpertDownArgs& a, u32 unit_begin, u32 unit_end,
                                             u8* smem) {
-    const u32 E = a.experts, top_k = a.top_k, I = a.intermediate;
+    const u32 E = a.routing.experts, top_k = a.routing.top_k, I = a.intermediate;
     if (E > MIMO_MAX_EXPERTS || top_k > MIMO_MAX_TOP_K || top_k > E) return kOverLimit;
     Carve cv = {smem, smem + MIMO_SMEM_BYTES};
     Routing* route = cv.take<Routing>(1);
@@ -73,7 +73,7 @@ __device__ __noinline__ u32 run_expert_down(const KernelParams& p, const ExpertD
     if (status != kOk) return status;
 
     // Routing's top-k (warp t: token t) runs beside the staging of the first slab.
-    route_topk(p.arena + a.router_logits, E, top_k, a.normalize_top_k != 0, *route);
+    route_topk(p, a.routing, *route);
     const float* act = p.arena + a.act;
     for (u32 k_lo = 0; k_lo < I; k_lo += slab) {
         const u32 k_hi = min_u32(I, k_lo + slab);

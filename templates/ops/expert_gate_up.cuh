@@ -37,7 +37,7 @@ struct GateUpMap {
     __device__ void emit(u32 group, u32 row, u32 n, float gate, float up) const {
         const i32 j = route->slot[(group / feature_groups) * kTokens + n];
         if (j < 0) return;  // token n did not choose this expert
-        const u32 top_k = a->top_k, I = a->intermediate;
+        const u32 top_k = a->routing.top_k, I = a->intermediate;
         const u32 feature = unit_begin + 16u * (group % feature_groups) + row;
         st_f32(p->arena + a->act + (n * top_k + (u32)j) * I + feature, silu(gate) * up);
     }
@@ -45,7 +45,7 @@ struct GateUpMap {
 
 __device__ __noinline__ u32 run_expert_gate_up(const KernelParams& p, const ExpertGateUpArgs& a, u32 unit_begin, u32 unit_end,
                                                u8* smem) {
-    const u32 H = a.hidden, E = a.experts, top_k = a.top_k;
+    const u32 H = a.hidden, E = a.routing.experts, top_k = a.routing.top_k;
     if (E > MIMO_MAX_EXPERTS || top_k > MIMO_MAX_TOP_K || top_k > E) return kOverLimit;
     Carve cv = {smem, smem + MIMO_SMEM_BYTES};
     Routing* route = cv.take<Routing>(1);
@@ -55,7 +55,7 @@ __device__ __noinline__ u32 run_expert_gate_up(const KernelParams& p, const Expe
     if (status != kOk) return status;
 
     // Routing's top-k (warp t: token t) and the staging of the normed input run side by side.
-    route_topk(p.arena + a.router_logits, E, top_k, a.normalize_top_k != 0, *route);
+    route_topk(p, a.routing, *route);
     const RowNorm norm = stage_normed_rows(p, p.arena + a.x, H, a.norm, a.eps, pass.stage, red);
     __syncthreads();
     if (warp_id() == 0) {

@@ -9,7 +9,7 @@
 
 use mimo_ir::ops::AttentionPartial;
 
-use super::{Encoder, OpTypes};
+use super::{Encoder, KernelShape, OpTypes, smem};
 use crate::abi::{AbiError, ArenaOffset, CStruct, NONE, StateOffset, WeightIndex};
 use crate::fuse::FusedOp;
 
@@ -46,6 +46,12 @@ pub struct AttentionPartialArgs {
 
 pub(super) fn fuses(ops: &OpTypes) -> bool {
     ops.has::<AttentionPartial>()
+}
+
+/// Per KV head: q and acc [G][HD], scores [G][256], m, l, alpha [G] (G = HEADS / KVH), f32.
+pub(super) fn shared_memory(s: &KernelShape) -> usize {
+    let group = s.heads / s.kv_heads.max(1);
+    smem::up16(4 * (2 * group * s.head_dim + 256 * group + 3 * group))
 }
 
 pub(super) fn encode(cx: &Encoder, op: &FusedOp) -> Result<AttentionPartialArgs, AbiError> {

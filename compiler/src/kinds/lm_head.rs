@@ -4,7 +4,7 @@
 
 use mimo_ir::ops::{ArgmaxPartial, Linear};
 
-use super::{Encoder, OpTypes};
+use super::{Encoder, KernelShape, OpTypes, smem};
 use crate::abi::{AbiError, ArenaOffset, CStruct, NONE, WeightIndex};
 use crate::fuse::{FusedOp, UnitMap};
 
@@ -32,6 +32,11 @@ pub struct LmHeadArgs {
 
 pub(super) fn fuses(ops: &OpTypes) -> bool {
     ops.has::<ArgmaxPartial>()
+}
+
+/// The normed rows of H staged whole.
+pub(super) fn shared_memory(s: &KernelShape) -> usize {
+    smem::prologue(s.tokens) + smem::accumulators(s.tokens) + smem::stage(s.tokens, s.hidden)
 }
 
 pub(super) fn encode(cx: &Encoder, op: &FusedOp) -> Result<LmHeadArgs, AbiError> {

@@ -1,14 +1,14 @@
-//! The fused kinds the megakernel runs, one module each: its operand struct (declared once, for
-//! Rust and C, by `#[derive(CStruct)]`), and its encoder from a fused op's members to those
-//! operands. The list in `task_kinds!` below is the only place kinds are enumerated: the kind
-//! numbers, the C `TaskKind` enum, the `OpArgs` union and the kernel's dispatch
-//! (`MIMO_TASK_KINDS`) are all generated from it, in its order.
+//! The fused kinds the megakernel runs, one module each: which op types it fuses, its operand
+//! struct (declared once, for Rust and C, by `#[derive(CStruct)]`), its encoder from a fused op's
+//! members to those operands, and its shared-memory need. The list in `task_kinds!` below is the
+//! only place kinds are enumerated: [`FusedKind`], the kind numbers, the C `TaskKind` enum, the
+//! `OpArgs` union and the kernel's dispatch (`MIMO_TASK_KINDS`) are all generated from it, in
+//! its order.
 //!
-//! Adding a fused kind: a module here with its `fuses` (which op types it groups), its
-//! `#[derive(CStruct)]` operands and its `encode`; one line in the list (which also generates its
-//! [`FusedKind`] variant); and its device function `run_<name>(const KernelParams&, const
-//! <Args>&, u32 unit_begin, u32 unit_end, u8* smem)` in `templates/ops/<name>.cuh`, included by
-//! `templates/megakernel.cu`.
+//! Adding a fused kind: a module here with its `fuses`, its `#[derive(CStruct)]` operands, its
+//! `encode` and its `shared_memory`; one line in the list; and its device function
+//! `run_<name>(const KernelParams&, const <Args>&, u32 unit_begin, u32 unit_end, u8* smem)` in
+//! `templates/ops/<name>.cuh`, included by `templates/megakernel.cu`.
 
 // The operand structs' docs are also their C comments in generated.cuh: shapes such as [T, H]
 // there are text, not intra-doc links.
@@ -47,7 +47,7 @@ pub use attention_partial::AttentionPartialArgs;
 pub use concat::ConcatArgs;
 pub use dense_projection::DenseProjectionArgs;
 pub use embed::EmbedArgs;
-pub use experts::{ExpertDownArgs, ExpertGateUpArgs};
+pub use experts::{ExpertDownArgs, ExpertGateUpArgs, ExpertRouting};
 pub use kv_append::KvAppendArgs;
 pub use lm_head::LmHeadArgs;
 pub use oproj_residual::OprojResidualArgs;
@@ -59,7 +59,8 @@ pub struct KindInfo {
     /// snake_case: the `OpArgs` member and the device function `run_<name>`.
     pub name: &'static str,
     pub args_name: &'static str,
-    pub args_declaration: &'static str,
+    /// Appends the C declarations of the operand struct (and of those it nests).
+    pub declare: fn(&mut Vec<&'static str>),
     pub args_words: usize,
 }
 
@@ -71,7 +72,7 @@ impl KindInfo {
 }
 
 macro_rules! task_kinds {
-    ($($variant:ident: $name:ident($args:ty) = $fuses:path, $encode:path;)*) => {
+    ($($variant:ident: $name:ident($args:ty) = $fuses:path, $encode:path, $smem:path;)*) => {
         /// Which device function runs a fused op: one per line of the `task_kinds!` list.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         #[serde(rename_all = "snake_case")]
@@ -101,7 +102,7 @@ macro_rules! task_kinds {
             kind: FusedKind::$variant,
             name: stringify!($name),
             args_name: <$args as CStruct>::C_NAME,
-            args_declaration: <$args as CStruct>::C_DECLARATION,
+            declare: <$args as CStruct>::declare,
             args_words: <$args as CStruct>::WORDS,
         }),*];
 
@@ -125,6 +126,12 @@ macro_rules! task_kinds {
             }
         }
 
+        /// The dynamic shared memory a worker block needs for a kernel of `shape`: the largest
+        /// of the kinds' needs.
+        pub fn shared_memory_bytes(shape: &KernelShape) -> usize {
+            [$($smem(shape)),*].into_iter().max().unwrap_or(0)
+        }
+
         fn encode_op(cx: &Encoder, op: &FusedOp) -> Result<TaskArgs, AbiError> {
             match op.kind {
                 $(FusedKind::$variant => $encode(cx, op).map(TaskArgs::$variant),)*
@@ -138,25 +145,96 @@ macro_rules! task_kinds {
 // operand struct, which ops it fuses, its encoder. A group is classified by the first line whose
 // `fuses` holds, so the more specific kinds come first (norm_matmul, plain projections, last).
 task_kinds! {
-    Embed: embed(EmbedArgs) = embed::fuses, embed::encode;
-    KvAppend: kv_append(KvAppendArgs) = kv_append::fuses, kv_append::encode;
+    Embed: embed(EmbedArgs) = embed::fuses, embed::encode, no_shared_memory;
+    KvAppend: kv_append(KvAppendArgs) = kv_append::fuses, kv_append::encode, no_shared_memory;
     AttentionPartial: attention_partial(AttentionPartialArgs) =
-        attention_partial::fuses, attention_partial::encode;
-    ExpertGateUp: expert_gate_up(ExpertGateUpArgs) = experts::fuses_gate_up, experts::encode_gate_up;
-    ExpertDown: expert_down(ExpertDownArgs) = experts::fuses_down, experts::encode_down;
-    LmHead: lm_head(LmHeadArgs) = lm_head::fuses, lm_head::encode;
+        attention_partial::fuses, attention_partial::encode, attention_partial::shared_memory;
+    ExpertGateUp: expert_gate_up(ExpertGateUpArgs) =
+        experts::fuses_gate_up, experts::encode_gate_up, experts::gate_up_shared_memory;
+    ExpertDown: expert_down(ExpertDownArgs) =
+        experts::fuses_down, experts::encode_down, experts::down_shared_memory;
+    LmHead: lm_head(LmHeadArgs) = lm_head::fuses, lm_head::encode, lm_head::shared_memory;
     ArgmaxCombine: argmax_combine(ArgmaxCombineArgs) =
-        argmax_combine::fuses, argmax_combine::encode;
+        argmax_combine::fuses, argmax_combine::encode, no_shared_memory;
     OprojResidual: oproj_residual(OprojResidualArgs) =
-        oproj_residual::fuses, oproj_residual::encode;
-    DenseGateUp: dense_gate_up(DenseProjectionArgs) =
-        dense_projection::fuses_dense_gate_up, dense_projection::encode_dense_gate_up;
-    MatmulResidual: matmul_residual(DenseProjectionArgs) =
-        dense_projection::fuses_matmul_residual, dense_projection::encode_matmul_residual;
-    Concat: concat(ConcatArgs) = concat::fuses, concat::encode;
-    Accept: accept(AcceptArgs) = accept::fuses, accept::encode;
-    NormMatmul: norm_matmul(DenseProjectionArgs) =
-        dense_projection::fuses_norm_matmul, dense_projection::encode_norm_matmul;
+        oproj_residual::fuses, oproj_residual::encode, oproj_residual::shared_memory;
+    DenseGateUp: dense_gate_up(DenseProjectionArgs) = dense_projection::fuses_dense_gate_up,
+        dense_projection::encode_dense_gate_up, dense_projection::shared_memory;
+    MatmulResidual: matmul_residual(DenseProjectionArgs) = dense_projection::fuses_matmul_residual,
+        dense_projection::encode_matmul_residual, dense_projection::shared_memory;
+    Concat: concat(ConcatArgs) = concat::fuses, concat::encode, no_shared_memory;
+    Accept: accept(AcceptArgs) = accept::fuses, accept::encode, no_shared_memory;
+    NormMatmul: norm_matmul(DenseProjectionArgs) = dense_projection::fuses_norm_matmul,
+        dense_projection::encode_norm_matmul, dense_projection::shared_memory;
+}
+
+/// The sizes a kernel is built for, from which each kind's shared-memory need follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelShape {
+    /// Tokens per step (`MIMO_TOKENS`).
+    pub tokens: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub top_k: usize,
+    pub experts: usize,
+    pub expert_intermediate: usize,
+}
+
+impl KernelShape {
+    /// The shape of `spec`'s layers at `tokens` per step.
+    pub fn of(spec: &mimo_ir::ModelSpec, tokens: usize) -> Self {
+        KernelShape {
+            tokens,
+            hidden: spec.hidden_size,
+            heads: spec.num_heads,
+            kv_heads: spec.num_kv_heads,
+            head_dim: spec.head_dim,
+            top_k: spec.experts_per_token,
+            experts: spec.num_experts,
+            expert_intermediate: spec.expert_intermediate_size,
+        }
+    }
+}
+
+/// The pieces of shared memory the templates carve (`Carve` in templates/common/project.cuh), in
+/// bytes, each rounded up to 16: the kinds' needs are sums of these, in the templates' order. A
+/// task that needs more than the launch passes stops the kernel with a diagnostic naming the
+/// bytes it needs.
+pub(crate) mod smem {
+    use crate::codegen::THREADS;
+
+    const WARPS: usize = THREADS / 32;
+
+    pub fn up16(x: usize) -> usize {
+        x.div_ceil(16) * 16
+    }
+
+    /// `rows` activation rows of `k` staged as bf16 (padded by 2 granules per row).
+    pub fn stage(rows: usize, k: usize) -> usize {
+        up16(rows * (k.div_ceil(8).div_ceil(8) * 8 + 2) * 16)
+    }
+
+    /// The per-warp accumulator scratch of a projection.
+    pub fn accumulators(tokens: usize) -> usize {
+        up16(2048 * WARPS * tokens.div_ceil(8))
+    }
+
+    /// The row-norm prologue's per-warp partial sums.
+    pub fn prologue(tokens: usize) -> usize {
+        up16(64 + 4 * WARPS * tokens)
+    }
+
+    /// The routing table of `tokens` tokens over `experts` experts, `top_k` each.
+    pub fn routing(tokens: usize, top_k: usize, experts: usize) -> usize {
+        up16(12 * tokens * top_k + 4 * tokens * tokens * top_k + 8 * experts + 16)
+    }
+}
+
+/// Kinds whose device function uses no shared memory.
+fn no_shared_memory(_: &KernelShape) -> usize {
+    0
 }
 
 /// The op types of a group's members, for the kinds' `fuses`.

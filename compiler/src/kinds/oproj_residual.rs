@@ -5,7 +5,7 @@
 
 use mimo_ir::ops::{Add, AttentionCombine, Linear};
 
-use super::{Encoder, OpTypes};
+use super::{Encoder, KernelShape, OpTypes, smem};
 use crate::abi::{AbiError, ArenaOffset, CStruct, WeightIndex};
 use crate::fuse::FusedOp;
 
@@ -32,6 +32,11 @@ pub struct OprojResidualArgs {
 
 pub(super) fn fuses(ops: &OpTypes) -> bool {
     ops.has::<AttentionCombine>() && ops.has::<Linear>()
+}
+
+/// The merged attention rows (HEADS * HD) staged whole.
+pub(super) fn shared_memory(s: &KernelShape) -> usize {
+    smem::accumulators(s.tokens) + smem::stage(s.tokens, s.heads * s.head_dim)
 }
 
 pub(super) fn encode(cx: &Encoder, op: &FusedOp) -> Result<OprojResidualArgs, AbiError> {

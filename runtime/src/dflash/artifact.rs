@@ -9,9 +9,9 @@ use mimo_compiler::Program;
 use mimo_compiler::artifact::{Artifact, draft_hash};
 use mimo_ir::model::dflash::DraftSpec;
 
-use super::{DFlashDrafter, Drafter};
+use super::{CompiledRunner, DFlashDrafter, Drafter};
 use crate::draft::load_draft;
-use crate::engine::Engine;
+use crate::engine::{Backend, Engine, ProgramCache};
 use crate::model::LoadedModel;
 use crate::session::{Session, load_artifact_model};
 
@@ -69,6 +69,27 @@ impl SpeculativeArtifact {
                 self.art.program(&g.name)?,
             ))
         })
+    }
+
+    /// The artifact's drafter, its draft programs (added up front, the other shapes compiled
+    /// when first met) on `programs`.
+    pub fn drafter<B: Backend + 'static>(
+        &self,
+        programs: ProgramCache<(usize, usize), B>,
+    ) -> Result<DFlashDrafter> {
+        let mut runner = CompiledRunner::on(programs);
+        for (name, shape, program) in self.draft_programs() {
+            runner
+                .insert(shape, program.clone())
+                .with_context(|| format!("{}: graph `{name}`", self.art.dir.display()))?;
+        }
+        DFlashDrafter::with_runner(
+            self.draft.clone(),
+            &self.model.spec,
+            Box::new(runner),
+            self.art.manifest.model.max_context,
+            self.block_size,
+        )
     }
 
     /// The session of `engine` (the target, its verify blocks as long as the drafter's) with

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use mimo_compiler::CompileOptions;
 use mimo_ir::ModelSpec;
 use mimo_ir::interp::F32Weights;
@@ -47,19 +47,7 @@ pub(super) fn open_artifact(
     let opened = SpeculativeArtifact::open(dir, draft, block_size)?;
     let weights = F32Weights::from_store(&opened.model.weights);
     let options = artifact_compile_options(&opened.art)?;
-    let mut runner = CompiledRunner::on(CpuBackend::cache(weights.clone(), options));
-    for (name, shape, program) in opened.draft_programs() {
-        runner
-            .insert(shape, program.clone())
-            .with_context(|| format!("{}: graph `{name}`", dir.display()))?;
-    }
-    let drafter = DFlashDrafter::with_runner(
-        opened.draft.clone(),
-        &opened.model.spec,
-        Box::new(runner),
-        opened.art.manifest.model.max_context,
-        opened.block_size,
-    )?;
+    let drafter = opened.drafter(CpuBackend::cache(weights.clone(), options))?;
     let mut engine = schedule_engine(&opened.art, opened.model.spec.clone(), weights)?;
     engine.set_max_step_tokens(drafter.block_size());
     Ok(opened.session(Box::new(engine), drafter, notes))

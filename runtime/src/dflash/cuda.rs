@@ -69,19 +69,7 @@ pub(super) fn open_artifact(
         }
     }
     let backend = CudaBackend::new(spec.clone(), shared, "draft", source, launch);
-    let mut runner = CompiledRunner::on(ProgramCache::new(backend, options));
-    for (name, shape, program) in opened.draft_programs() {
-        runner
-            .insert(shape, program.clone())
-            .with_context(|| format!("{}: graph `{name}` on the GPU", dir.display()))?;
-    }
-    let drafter = DFlashDrafter::with_runner(
-        opened.draft.clone(),
-        spec,
-        Box::new(runner),
-        art.manifest.model.max_context,
-        opened.block_size,
-    )?;
+    let drafter = opened.drafter(ProgramCache::new(backend, options))?;
     engine.set_max_step_tokens(drafter.block_size());
     Ok(opened.session(Box::new(engine), drafter, notes))
 }

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use mimo::random_checkpoint::random_weights;
 use mimo_compiler::artifact::Artifact;
 use mimo_compiler::report::step_bytes;
 use mimo_ir::ModelSpec;
@@ -32,7 +33,6 @@ use mimo_ir::weights::WeightStore;
 use mimo_runtime::cuda::{self, CudaEngine, KernelImage, LaunchOptions};
 use mimo_runtime::device::Device;
 use mimo_runtime::engine::{CpuEngine, Engine};
-use mimo_runtime::random_checkpoint::random_weights;
 use mimo_runtime::session::select_device;
 use mimo_runtime::{builtin, load_model, resolve_model};
 use serde_json::{Value, json};

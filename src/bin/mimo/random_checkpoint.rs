@@ -1,5 +1,5 @@
 //! `mimo random-checkpoint`: a checkpoint of any configuration with deterministic random
-//! weights, for benchmarks (see `mimo_runtime::random_checkpoint`).
+//! weights, for benchmarks (see `mimo::random_checkpoint`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use mimo_runtime::random_checkpoint::{RandomOptions, write_random_checkpoint};
+use mimo::random_checkpoint::{RandomOptions, write_random_checkpoint};
 use mimo_runtime::resolve_model;
 
 #[derive(Args)]

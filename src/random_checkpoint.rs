@@ -37,7 +37,7 @@ use mimo_ir::{Architecture, ModelSpec};
 use rayon::prelude::*;
 use serde_json::{Value, json};
 
-use crate::checkpoint::{Dtype, INDEX_FILE, SINGLE_FILE};
+use mimo_runtime::checkpoint::{Dtype, INDEX_FILE, SINGLE_FILE};
 
 /// Bytes of tensor data per shard: with its header a shard file stays below 4 GB.
 pub const MAX_SHARD_BYTES: u64 = 3_900_000_000;
@@ -186,7 +186,7 @@ fn plan(spec: &ModelSpec, mxfp4_experts: bool) -> Vec<(Planned, String, Option<u
                             ));
                             v.push((
                                 Planned {
-                                    name: crate::import::scale_name(&key),
+                                    name: mimo_runtime::import::scale_name(&key),
                                     shape: vec![rows, cols / BLOCK],
                                     kind: Kind::Scales { cols },
                                     key,
@@ -707,10 +707,10 @@ fn build_weight(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::Checkpoint;
-    use crate::import::load_weights;
-    use crate::model::resolve_model;
     use mimo_ir::WeightFormats;
+    use mimo_runtime::checkpoint::Checkpoint;
+    use mimo_runtime::import::load_weights;
+    use mimo_runtime::model::resolve_model;
 
     fn spec(architecture: Architecture) -> ModelSpec {
         ModelSpec {
