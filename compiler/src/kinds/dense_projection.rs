@@ -15,7 +15,7 @@ use std::any::TypeId;
 
 use mimo_ir::ops::{Add, Linear, Reshape, RmsNorm, SiluMul};
 
-use super::{Encoder, OpTypes, op_type};
+use super::{Encoder, KernelShape, OpTypes, op_type, smem};
 use crate::abi::{AbiError, ArenaOffset, CStruct, NONE, WeightIndex};
 use crate::fuse::FusedOp;
 
@@ -66,6 +66,11 @@ pub(super) fn fuses_matmul_residual(ops: &OpTypes) -> bool {
     ops.has::<Add>() && projections_and(ops, Some(op_type::<Add>()))
 }
 
+/// A normed input of H staged whole (without a norm the reduction runs in k-slabs that fit).
+pub(super) fn shared_memory(s: &KernelShape) -> usize {
+    smem::prologue(s.tokens) + smem::accumulators(s.tokens) + smem::stage(s.tokens, s.hidden)
+}
+
 /// The input, the norm and the linears common to the three kinds.
 fn common(cx: &Encoder, op: &FusedOp) -> Result<(DenseProjectionArgs, Vec<usize>), AbiError> {
     let linears: Vec<usize> = cx.members::<Linear>(op).iter().map(|m| m.node).collect();
@@ -89,30 +94,32 @@ fn common(cx: &Encoder, op: &FusedOp) -> Result<(DenseProjectionArgs, Vec<usize>
     Ok((args, linears))
 }
 
-fn features(cx: &Encoder, linear: usize) -> u32 {
-    cx.shape(cx.input(linear, Linear::WEIGHT))[0] as u32
+/// What the three kinds' encoders return.
+type Encoded = Result<DenseProjectionArgs, AbiError>;
+
+impl DenseProjectionArgs {
+    /// Projection `i`: `linear`'s weight and features, its result at `out`.
+    fn project(&mut self, cx: &Encoder, i: usize, out: u32, linear: usize) -> Result<(), AbiError> {
+        let w = cx.input(linear, Linear::WEIGHT);
+        self.out[i] = out;
+        self.w[i] = cx.weight(w)?;
+        self.n[i] = cx.shape(w)[0] as u32;
+        Ok(())
+    }
 }
 
-pub(super) fn encode_norm_matmul(
-    cx: &Encoder,
-    op: &FusedOp,
-) -> Result<DenseProjectionArgs, AbiError> {
+pub(super) fn encode_norm_matmul(cx: &Encoder, op: &FusedOp) -> Encoded {
     let (mut a, linears) = common(cx, op)?;
     if linears.len() > 3 {
         return Err(cx.no_template(op));
     }
     for (i, &l) in linears.iter().enumerate() {
-        a.out[i] = cx.arena_out(l, Linear::Y)?;
-        a.w[i] = cx.weight(cx.input(l, Linear::WEIGHT))?;
-        a.n[i] = features(cx, l);
+        a.project(cx, i, cx.arena_out(l, Linear::Y)?, l)?;
     }
     Ok(a)
 }
 
-pub(super) fn encode_dense_gate_up(
-    cx: &Encoder,
-    op: &FusedOp,
-) -> Result<DenseProjectionArgs, AbiError> {
+pub(super) fn encode_dense_gate_up(cx: &Encoder, op: &FusedOp) -> Encoded {
     let (mut a, linears) = common(cx, op)?;
     let act = cx.one::<SiluMul>(op)?;
     let gate = cx.input(act, SiluMul::GATE).node.index();
@@ -120,25 +127,19 @@ pub(super) fn encode_dense_gate_up(
     if linears.len() != 2 || !linears.contains(&gate) || !linears.contains(&up) {
         return Err(cx.no_template(op));
     }
-    a.out[0] = cx.arena_out(act, SiluMul::Y)?;
-    a.w[0] = cx.weight(cx.input(gate, Linear::WEIGHT))?;
+    // Gate and up are the two terms of one output: w[0] and w[1] over the same N features.
+    a.project(cx, 0, cx.arena_out(act, SiluMul::Y)?, gate)?;
     a.w[1] = cx.weight(cx.input(up, Linear::WEIGHT))?;
-    a.n[0] = features(cx, gate);
     Ok(a)
 }
 
-pub(super) fn encode_matmul_residual(
-    cx: &Encoder,
-    op: &FusedOp,
-) -> Result<DenseProjectionArgs, AbiError> {
+pub(super) fn encode_matmul_residual(cx: &Encoder, op: &FusedOp) -> Encoded {
     let (mut a, linears) = common(cx, op)?;
     let add = cx.one::<Add>(op)?;
     let [l] = linears[..] else {
         return Err(cx.no_template(op));
     };
-    a.out[0] = cx.arena_out(add, Add::Y)?;
+    a.project(cx, 0, cx.arena_out(add, Add::Y)?, l)?;
     a.residual = cx.arena(cx.other_input(add, l)?)?;
-    a.w[0] = cx.weight(cx.input(l, Linear::WEIGHT))?;
-    a.n[0] = features(cx, l);
     Ok(a)
 }
