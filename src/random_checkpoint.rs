@@ -769,8 +769,9 @@ mod tests {
         for arch in [Architecture::Qwen3Moe, Architecture::Mixtral] {
             let s = spec(arch);
             let text = hf_config(&s).to_string();
-            let back = mimo_ir::model::config::spec_from_hf_config(&text, Path::new("config.json"))
-                .unwrap();
+            let back =
+                mimo_runtime::import::config::spec_from_hf_config(&text, Path::new("config.json"))
+                    .unwrap();
             assert_eq!(back, s, "{arch:?}");
         }
     }

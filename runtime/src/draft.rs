@@ -1,5 +1,5 @@
 //! Loading a DFlash draft checkpoint: its `config.json` (see
-//! [`mimo_ir::model::dflash::DraftSpec::from_hf_config`]) and its safetensors, mapped onto the
+//! [`crate::import::draft_config::draft_spec_from_hf_config`]) and its safetensors, mapped onto the
 //! IR's `draft.*` names ([`mimo_ir::model::dflash`]). The draft has no embedding and no lm_head;
 //! it is checked against the target it will run with before any tensor is read.
 
@@ -45,7 +45,7 @@ fn open_draft(
         path: config.clone(),
         source: e,
     })?;
-    let mut spec = DraftSpec::from_hf_config(&text, &config)?;
+    let mut spec = crate::import::draft_config::draft_spec_from_hf_config(&text, &config)?;
     spec.check_target(target)
         .map_err(|m| LoadError::invalid(&config, format!("does not fit the target model: {m}")))?;
     let ckpt = Checkpoint::open(&dir)?;

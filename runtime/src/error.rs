@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
+use crate::import::config::ConfigError;
 use mimo_ir::formats::{FormatError, WeightFormat};
-use mimo_ir::model::config::ConfigError;
 
 /// Why a model, checkpoint or tokenizer could not be loaded.
 #[derive(Debug, thiserror::Error)]

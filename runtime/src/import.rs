@@ -1,4 +1,6 @@
-//! Checkpoint tensors -> the IR's weights: Hugging Face names are mapped onto the names of
+//! Hugging Face checkpoints -> the IR: [`config`] (a model's `config.json`, and `model.toml`) and
+//! [`draft_config`] (a DFlash draft's `config.json`) give the model's spec; the rest of this module
+//! maps the checkpoint's tensors onto the IR's weights: Hugging Face names are mapped onto the names of
 //! [`mimo_ir::model::names`], routed experts are stacked into one `[E, I, H]` / `[E, H, I]`
 //! tensor per projection, and every weight is stored in the format `spec.formats` asks for.
 //!
@@ -20,6 +22,9 @@
 //!
 //! Every shape is checked before anything is converted, so a wrong checkpoint fails in
 //! milliseconds, not after minutes of quantisation.
+
+pub mod config;
+pub mod draft_config;
 
 use std::collections::HashSet;
 use std::sync::mpsc;

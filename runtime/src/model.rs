@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use mimo_ir::model::config::{
+use crate::import::config::{
     ModelSource, ModelToml, Quantization, Speculative, spec_from_hf_config,
 };
 use mimo_ir::weights::WeightStore;

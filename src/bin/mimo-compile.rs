@@ -228,7 +228,7 @@ struct Speculative {
 }
 
 fn compile_speculative(
-    s: &mimo_ir::model::config::Speculative,
+    s: &mimo_runtime::import::config::Speculative,
     spec: &mimo_ir::ModelSpec,
     max_context: usize,
     machine: Machine,

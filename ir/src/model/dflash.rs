@@ -24,12 +24,10 @@
 //! of z-lab/dflash, list exactly `fc.weight`, `hidden_norm.weight`, `layers.0.mlp.gate_proj.weight`,
 //! ..., `norm.weight`).
 
-mod config;
 pub mod graph;
 #[cfg(test)]
 mod tests;
 
-pub use config::default_target_layer_ids;
 pub use graph::{draft_graph, verify_graph};
 
 use serde::{Deserialize, Serialize};
@@ -38,6 +36,22 @@ use crate::formats::{FormatError, WeightFormat};
 use crate::math::Rng;
 use crate::model::ModelSpec;
 use crate::weights::{Weight, WeightStore};
+
+/// The reference's `build_target_layer_ids`: one layer in the middle for a one-layer draft,
+/// otherwise `num_draft_layers` ids spread evenly from 1 to `num_target_layers - 3`, rounded half
+/// to even as Python's `round` does (36 target layers, 5 draft layers: [1, 9, 17, 25, 33]).
+pub fn default_target_layer_ids(num_target_layers: usize, num_draft_layers: usize) -> Vec<usize> {
+    if num_draft_layers <= 1 {
+        return vec![num_target_layers / 2];
+    }
+    let (start, end) = (1.0, num_target_layers as f64 - 3.0);
+    (0..num_draft_layers)
+        .map(|i| {
+            let x: f64 = start + i as f64 * (end - start) / (num_draft_layers - 1) as f64;
+            x.round_ties_even().max(0.0) as usize
+        })
+        .collect()
+}
 
 /// The DFlash draft model: its Qwen3 shape and how it is wired to its target.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

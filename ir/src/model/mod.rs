@@ -1,7 +1,6 @@
 //! Model descriptions and the decode-graph builders.
 
 pub mod build;
-pub mod config;
 pub mod dflash;
 pub mod names;
 pub mod random;

@@ -2,8 +2,8 @@
 
 use mimo_ir::{Architecture, ModelSpec, WeightFormats};
 
+use crate::import::config::spec_from_hf_config;
 use mimo_ir::formats::WeightFormat;
-use mimo_ir::model::config::spec_from_hf_config;
 use mimo_ir::model::names::all_weights;
 
 use crate::checkpoint::Checkpoint;

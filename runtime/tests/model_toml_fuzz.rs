@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use mimo_ir::model::config::ModelToml;
+use mimo_runtime::import::config::ModelToml;
 use proptest::prelude::*;
 
 const VALID: &[&str] = &[

@@ -10,7 +10,8 @@
 //! drafts put `mask_token_id` / `target_layer_ids` / `block_size` at the top level instead; the
 //! reference reads `dflash_config` first, then the top level (`_draft_value` in
 //! `dflash/model.py`), and so does this parser. Without `target_layer_ids` the older reference
-//! spreads the draft's layer count over the target ([`default_target_layer_ids`]).
+//! spreads the draft's layer count over the target
+//! ([`mimo_ir::model::dflash::default_target_layer_ids`]).
 //!
 //! Refused by name, since they change what the draft computes: DFlash2 drafts (per-layer
 //! convolutions and a candidate selector), sliding-window or causal draft layers, logit
@@ -21,55 +22,28 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use super::DraftSpec;
-use crate::formats::WeightFormat;
-use crate::model::config::ConfigError;
+use mimo_ir::formats::WeightFormat;
+use mimo_ir::model::dflash::{DraftSpec, default_target_layer_ids};
 
-/// The reference's `build_target_layer_ids`: one layer in the middle for a one-layer draft,
-/// otherwise `num_draft_layers` ids spread evenly from 1 to `num_target_layers - 3`, rounded half
-/// to even as Python's `round` does (36 target layers, 5 draft layers: [1, 9, 17, 25, 33]).
-pub fn default_target_layer_ids(num_target_layers: usize, num_draft_layers: usize) -> Vec<usize> {
-    if num_draft_layers <= 1 {
-        return vec![num_target_layers / 2];
-    }
-    let (start, end) = (1.0, num_target_layers as f64 - 3.0);
-    (0..num_draft_layers)
-        .map(|i| {
-            let x: f64 = start + i as f64 * (end - start) / (num_draft_layers - 1) as f64;
-            x.round_ties_even().max(0.0) as usize
-        })
-        .collect()
-}
+use super::config::{ConfigError, json_object};
 
-impl DraftSpec {
-    /// Parses a DFlash draft's `config.json`; `source` names the file in errors.
-    pub fn from_hf_config(text: &str, source: &Path) -> Result<DraftSpec, ConfigError> {
-        let value: Value = serde_json::from_str(text).map_err(|e| ConfigError::Syntax {
-            file: source.to_path_buf(),
-            format: "JSON",
-            message: e.to_string(),
-        })?;
-        let Value::Object(obj) = value else {
-            return Err(ConfigError::Invalid {
-                file: source.to_path_buf(),
-                message: "expected a JSON object".into(),
-            });
-        };
-        let empty = Map::new();
-        let dflash = match obj.get("dflash_config") {
-            None | Some(Value::Null) => &empty,
-            Some(Value::Object(m)) => m,
-            Some(_) => {
-                return Err(field(source, "dflash_config", "expected an object"));
-            }
-        };
-        Reader {
-            obj: &obj,
-            dflash,
-            file: source,
+/// Parses a DFlash draft's `config.json`; `source` names the file in errors.
+pub fn draft_spec_from_hf_config(text: &str, source: &Path) -> Result<DraftSpec, ConfigError> {
+    let obj = json_object(text, source)?;
+    let empty = Map::new();
+    let dflash = match obj.get("dflash_config") {
+        None | Some(Value::Null) => &empty,
+        Some(Value::Object(m)) => m,
+        Some(_) => {
+            return Err(field(source, "dflash_config", "expected an object"));
         }
-        .spec()
+    };
+    Reader {
+        obj: &obj,
+        dflash,
+        file: source,
     }
+    .spec()
 }
 
 fn field(file: &Path, key: &str, message: impl Into<String>) -> ConfigError {
@@ -374,5 +348,127 @@ impl<'a> Reader<'a> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config shaped like z-lab's `Qwen3-8B-DFlash-b16/config.json` (sizes shrunk).
+    const ZLAB_STYLE: &str = r#"{
+      "architectures": ["DFlashDraftModel"],
+      "attention_bias": false,
+      "auto_map": {"AutoModel": "dflash.DFlashDraftModel"},
+      "block_size": 16,
+      "dflash_config": {"mask_token_id": 151669, "target_layer_ids": [1, 9, 17, 25, 33]},
+      "dtype": "bfloat16",
+      "head_dim": 128,
+      "hidden_act": "silu",
+      "hidden_size": 4096,
+      "intermediate_size": 12288,
+      "layer_types": ["full_attention", "full_attention", "full_attention", "full_attention", "full_attention"],
+      "max_position_embeddings": 40960,
+      "model_type": "qwen3",
+      "num_attention_heads": 32,
+      "num_hidden_layers": 5,
+      "num_key_value_heads": 8,
+      "num_target_layers": 36,
+      "rms_norm_eps": 1e-06,
+      "rope_scaling": null,
+      "rope_theta": 1000000,
+      "sliding_window": null,
+      "tie_word_embeddings": false,
+      "use_sliding_window": false,
+      "vocab_size": 151936
+    }"#;
+
+    fn parse(text: &str) -> Result<DraftSpec, String> {
+        draft_spec_from_hf_config(text, Path::new("draft/config.json")).map_err(|e| e.to_string())
+    }
+
+    fn edit(f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) -> String {
+        let mut v: serde_json::Value = serde_json::from_str(ZLAB_STYLE).unwrap();
+        f(v.as_object_mut().unwrap());
+        v.to_string()
+    }
+
+    #[test]
+    fn reads_real_draft_configs() {
+        let d = parse(ZLAB_STYLE).unwrap();
+        assert_eq!(
+            (d.hidden_size, d.num_layers, d.num_heads, d.num_kv_heads),
+            (4096, 5, 32, 8)
+        );
+        assert_eq!(
+            (d.head_dim, d.intermediate_size, d.block_size),
+            (128, 12288, 16)
+        );
+        assert_eq!(d.target_layer_ids, [1, 9, 17, 25, 33]);
+        assert_eq!((d.mask_token_id, d.num_target_layers), (151669, Some(36)));
+        assert_eq!((d.rope_theta, d.format), (1e6, WeightFormat::Bf16));
+        // Top-level keys (some third-party drafts), 5.x rope_parameters, derived layer ids.
+        let flat = edit(|m| {
+            m.remove("dflash_config");
+            m.insert("mask_token_id".into(), 7.into());
+            m.insert("block_size".into(), 8.into());
+            m.remove("rope_theta");
+            m.insert(
+                "rope_parameters".into(),
+                serde_json::json!({"rope_theta": 5e5, "rope_type": "default"}),
+            );
+        });
+        let d = parse(&flat).unwrap();
+        assert_eq!((d.mask_token_id, d.block_size, d.rope_theta), (7, 8, 5e5));
+        assert_eq!(d.target_layer_ids, [1, 9, 17, 25, 33]);
+    }
+
+    #[test]
+    fn refuses_what_it_does_not_implement_by_name() {
+        let set = |key: &str, v: serde_json::Value| {
+            edit(|m| {
+                m.insert(key.into(), v);
+            })
+        };
+        let json = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap();
+        let cases = [
+            (
+                set("layer_types", json(r#"["sliding_attention"]"#)),
+                "field `layer_types`: unsupported",
+            ),
+            (
+                set("architectures", json(r#"["DFlash2DraftModel"]"#)),
+                "`DFlash2DraftModel`",
+            ),
+            (
+                set(
+                    "dflash_config",
+                    json(
+                        r#"{"mask_token_id": 1, "target_layer_ids": [1], "output_multiplier": 0.2}"#,
+                    ),
+                ),
+                "field `dflash_config.output_multiplier`",
+            ),
+            (
+                set("model_type", "llama".into()),
+                "field `model_type`: unsupported",
+            ),
+            (set("is_causal", true.into()), "field `is_causal`"),
+            (
+                set("dflash_config", json(r#"{"target_layer_ids": [1]}"#)),
+                "field `dflash_config.mask_token_id`: missing",
+            ),
+            (
+                set("hidden_size", "big".into()),
+                "field `hidden_size`: expected a positive integer",
+            ),
+            ("{".to_string(), "draft/config.json: malformed JSON"),
+        ];
+        for (text, want) in cases {
+            let err = parse(&text).unwrap_err();
+            assert!(err.contains(want), "{err}\n  should contain: {want}");
+            assert!(err.starts_with("draft/config.json"), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
     }
 }

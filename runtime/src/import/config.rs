@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use super::{Architecture, ModelSpec, WeightFormats};
-use crate::formats::WeightFormat;
+use mimo_ir::formats::WeightFormat;
+use mimo_ir::{Architecture, ModelSpec, WeightFormats};
 
 /// Why a `config.json` or `model.toml` could not be turned into a model description.
 #[derive(Debug, thiserror::Error)]
@@ -82,22 +82,28 @@ const KNOWN_KEYS: &[&str] = &[
     "attention_bias",
 ];
 
-/// Parses a Hugging Face `config.json`. `source` is only used in error messages.
-///
-/// `formats` is set to the checkpoint dtype (`dtype` in 5.x, `torch_dtype` in 4.x; f32 when
-/// absent) for both experts and dense weights; the caller applies any quantisation override.
-pub fn spec_from_hf_config(text: &str, source: &Path) -> Result<ModelSpec, ConfigError> {
+/// The JSON object `text` holds (a `config.json`); `source` names the file in errors.
+pub(super) fn json_object(text: &str, source: &Path) -> Result<Map<String, Value>, ConfigError> {
     let value: Value = serde_json::from_str(text).map_err(|e| ConfigError::Syntax {
         file: source.to_path_buf(),
         format: "JSON",
         message: e.to_string(),
     })?;
-    let Value::Object(obj) = value else {
-        return Err(ConfigError::Invalid {
+    match value {
+        Value::Object(obj) => Ok(obj),
+        other => Err(ConfigError::Invalid {
             file: source.to_path_buf(),
-            message: format!("expected a JSON object, got {}", short(&value)),
-        });
-    };
+            message: format!("expected a JSON object, got {}", short(&other)),
+        }),
+    }
+}
+
+/// Parses a Hugging Face `config.json`. `source` is only used in error messages.
+///
+/// `formats` is set to the checkpoint dtype (`dtype` in 5.x, `torch_dtype` in 4.x; f32 when
+/// absent) for both experts and dense weights; the caller applies any quantisation override.
+pub fn spec_from_hf_config(text: &str, source: &Path) -> Result<ModelSpec, ConfigError> {
+    let obj = json_object(text, source)?;
     Fields {
         obj: &obj,
         file: source,
