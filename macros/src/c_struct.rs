@@ -72,14 +72,18 @@ fn c_type_override(attrs: &[Attribute]) -> syn::Result<Option<String>> {
     }
 }
 
-/// The scalar of a type path: its C spelling, kind and operand role.
-fn scalar_of(ty: &Type) -> syn::Result<(String, Scalar, Option<syn::Ident>)> {
+/// A scalar field's C spelling, kind and operand role.
+type ScalarType = (String, Scalar, Option<syn::Ident>);
+
+/// The type path's last name, and its scalar (C spelling, kind, operand role), or `None` for any
+/// other type: another CStruct, nested whole and spelled by its name.
+fn scalar_of(ty: &Type) -> syn::Result<(String, Option<ScalarType>)> {
     let Type::Path(p) = ty else {
         return Err(syn::Error::new_spanned(ty, "unsupported field type"));
     };
     let last = p.path.segments.last().expect("a path has a segment");
     let name = last.ident.to_string();
-    Ok(match name.as_str() {
+    let scalar = match name.as_str() {
         "u32" => ("u32".into(), Scalar::U32, None),
         "i32" => ("i32".into(), Scalar::I32, None),
         "f32" => ("float".into(), Scalar::F32, None),
@@ -87,9 +91,9 @@ fn scalar_of(ty: &Type) -> syn::Result<(String, Scalar, Option<syn::Ident>)> {
         "ArenaOffset" | "StateOffset" | "WeightIndex" => {
             (name.clone(), Scalar::U32, Some(last.ident.clone()))
         }
-        // Any other type is another CStruct, nested whole.
-        _ => (name.clone(), Scalar::U32, None),
-    })
+        _ => return Ok((name, None)),
+    };
+    Ok((name, Some(scalar)))
 }
 
 fn field(f: &syn::Field) -> syn::Result<Field> {
@@ -109,17 +113,10 @@ fn field(f: &syn::Field) -> syn::Result<Field> {
         }
         ty => (ty, None),
     };
-    let (mut c_type, scalar, role) = scalar_of(elem)?;
-    let known = [
-        "u32",
-        "i32",
-        "f32",
-        "u64",
-        "ArenaOffset",
-        "StateOffset",
-        "WeightIndex",
-    ];
-    let nested = (!known.contains(&c_type.as_str()) && c_type != "float").then(|| elem.clone());
+    let (name, scalar) = scalar_of(elem)?;
+    let nested = scalar.is_none().then(|| elem.clone());
+    // A nested struct's words are its own: `Scalar` is not read for it.
+    let (mut c_type, scalar, role) = scalar.unwrap_or((name, Scalar::U32, None));
     if nested.is_some() && len.is_some() {
         return Err(syn::Error::new_spanned(
             &f.ty,

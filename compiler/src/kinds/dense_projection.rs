@@ -75,10 +75,7 @@ pub(super) fn shared_memory(s: &KernelShape) -> usize {
 fn common(cx: &Encoder, op: &FusedOp) -> Result<(DenseProjectionArgs, Vec<usize>), AbiError> {
     let linears: Vec<usize> = cx.members::<Linear>(op).iter().map(|m| m.node).collect();
     let first = *linears.first().ok_or_else(|| cx.no_template(op))?;
-    let (x, norm, eps) = match cx.whole_norm(op) {
-        Some(n) => cx.through_norm(op, cx.output(n, 0))?,
-        None => (cx.input(first, Linear::X), NONE, 0.0),
-    };
+    let (x, norm, eps) = cx.projection_input(op, first)?;
     let shape = cx.shape(x);
     let args = DenseProjectionArgs {
         x: cx.arena(x)?,

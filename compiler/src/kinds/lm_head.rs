@@ -5,7 +5,7 @@
 use mimo_ir::ops::{ArgmaxPartial, Linear};
 
 use super::{Encoder, KernelShape, OpTypes, smem};
-use crate::abi::{AbiError, ArenaOffset, CStruct, NONE, WeightIndex};
+use crate::abi::{AbiError, ArenaOffset, CStruct, WeightIndex};
 use crate::fuse::{FusedOp, UnitMap};
 
 /// TASK_LM_HEAD's operands (compiler/src/kinds/lm_head.rs).
@@ -42,10 +42,7 @@ pub(super) fn shared_memory(s: &KernelShape) -> usize {
 pub(super) fn encode(cx: &Encoder, op: &FusedOp) -> Result<LmHeadArgs, AbiError> {
     let l = cx.one::<Linear>(op)?;
     let partial = cx.one::<ArgmaxPartial>(op)?;
-    let (x, norm, eps) = match cx.whole_norm(op) {
-        Some(n) => cx.through_norm(op, cx.output(n, 0))?,
-        None => (cx.input(l, Linear::X), NONE, 0.0),
-    };
+    let (x, norm, eps) = cx.projection_input(op, l)?;
     let chunk = match op.members.iter().find(|m| m.node == partial).map(|m| m.map) {
         Some(UnitMap::Tiled { den, .. }) => den,
         _ => return Err(cx.no_template(op)),

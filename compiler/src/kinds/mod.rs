@@ -421,6 +421,22 @@ impl Encoder<'_> {
         Ok((norm, eps, theta))
     }
 
+    /// What `op`'s projections read: the input of its whole `rms_norm` member, with the norm's
+    /// weight and eps, or without one `linear`'s own input (weight MIMO_NONE).
+    pub fn projection_input(
+        &self,
+        op: &FusedOp,
+        linear: usize,
+    ) -> Result<(Value, WeightIndex, f32), AbiError> {
+        match self.whole_norm(op) {
+            Some(n) => {
+                let (w, eps) = self.norm(n)?;
+                Ok((self.input(n, RmsNorm::X), w, eps))
+            }
+            None => Ok((self.input(linear, Linear::X), NONE, 0.0)),
+        }
+    }
+
     /// The positions the group's (one) rope member rotates by.
     pub fn rope_positions(&self, op: &FusedOp) -> Result<Value, AbiError> {
         Ok(self.input(self.one::<Rope>(op)?, Rope::POSITIONS))
