@@ -266,7 +266,7 @@ fn cli_bad_drafts_are_named() {
 /// A random Qwen3-MoE target with room for 256 new tokens (bf16), a random two-layer draft for
 /// it, and a model.toml naming both with a block of 8. Returns (target dir, model.toml).
 fn write_long_model(dir: &Path) -> (PathBuf, PathBuf) {
-    let (target, draft) = common::small_dflash_pair(256, 1024, 16, WeightFormat::Bf16);
+    let (target, draft) = mimo_runtime::dflash::small_pair(256, 1024, 16, WeightFormat::Bf16);
     let target_dir = dir.join("target");
     let opts = RandomOptions {
         seed: 7,

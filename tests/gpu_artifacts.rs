@@ -129,7 +129,7 @@ fn gpu_a_dflash_artifact_is_lossless_and_matches_the_interpreter() {
     let device = common::device_flag(&dev);
     drop(dev);
     let tmp = tempfile::tempdir().unwrap();
-    let (target, draft) = common::small_dflash_pair(256, 256, 8, WeightFormat::Bf16);
+    let (target, draft) = mimo_runtime::dflash::small_pair(256, 256, 8, WeightFormat::Bf16);
     let target_dir = tmp.path().join("target");
     let opts = RandomOptions {
         seed: 7,

@@ -31,18 +31,17 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::parity::{Bf16Twin, MODEL_TOLERANCE, Oracle, compare_greedy, rel_l2};
-use common::{model_toml, read_json};
+use common::{hf_fixtures, mimo, mimo_compile, mimo_json, model_toml, read_json};
 use mimo::random_checkpoint::random_weights;
 use mimo_compiler::fuse::FusedKind;
 use mimo_compiler::{CompileOptions, Machine, Program, compile};
 use mimo_ir::formats::WeightFormat;
 use mimo_ir::interp::{self, F32Weights, StateStore};
+use mimo_ir::math::Rng;
 use mimo_ir::model::build::decode_graph;
 use mimo_ir::ops::{
     Add, Argmax, Attention, Embedding, ExpertLinear, KvAppend, Linear, Reshape, RmsNorm, Rope,
@@ -56,70 +55,11 @@ use mimo_ir::{
 use mimo_runtime::cuda::{self, CudaEngine, KernelImage, LaunchOptions, Megakernel};
 use mimo_runtime::device::Device;
 use mimo_runtime::dflash::{self, ScriptedDrafter, speculative_generate};
-use mimo_runtime::engine::{CpuEngine, Engine};
+use mimo_runtime::engine::{CpuEngine, Engine, ScheduleEngine};
 use mimo_runtime::exec::ScheduleExecutor;
 use mimo_runtime::generate::{GenerateRequest, generate};
 use mimo_runtime::load_model;
 use mimo_runtime::sampling::SamplingParams;
-
-// ---- paths that hold on the GPU machine too ----
-//
-// `../shared/tools/gpu-stage` copies this test's executable and the `mimo` binaries into `.gpu/`
-// of a working-tree copy that may live elsewhere, so the build-time paths (`CARGO_MANIFEST_DIR`,
-// `CARGO_BIN_EXE_*`) are used only where they exist; `.gpu/run-tests` runs from the copy's root.
-
-/// The repository root: the build-time one, else the current directory.
-fn repo_root() -> PathBuf {
-    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    if built.join("tests/fixtures/hf").is_dir() {
-        built
-    } else {
-        std::env::current_dir().expect("a current directory")
-    }
-}
-
-/// A binary of this package: the staged `.gpu/bin/NAME` on a GPU machine, else cargo's.
-fn binary(name: &str, built: &str) -> PathBuf {
-    let staged = repo_root().join(".gpu/bin").join(name);
-    if Path::new(built).is_file() || !staged.is_file() {
-        PathBuf::from(built)
-    } else {
-        staged
-    }
-}
-
-fn hf_fixtures() -> Vec<PathBuf> {
-    let root = repo_root().join("tests/fixtures/hf");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("expected.json").exists())
-        .collect();
-    dirs.sort();
-    dirs
-}
-
-fn mimo(args: &[&str]) -> Output {
-    Command::new(binary("mimo", env!("CARGO_BIN_EXE_mimo")))
-        .args(args)
-        .output()
-        .expect("running mimo")
-}
-
-fn mimo_compile(args: &[&str]) -> Output {
-    Command::new(binary("mimo-compile", env!("CARGO_BIN_EXE_mimo-compile")))
-        .args(args)
-        .output()
-        .expect("running mimo-compile")
-}
-
-fn mimo_json(args: &[&str]) -> serde_json::Value {
-    let out = mimo(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "mimo {args:?} failed: {stderr}");
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("mimo {args:?}: stdout is not JSON ({e}): {stderr}"))
-}
 
 /// Relative L2 error allowed for one op: the kernel stages activations and f32 weights as bf16
 /// for the tensor cores (8 significant bits) and keeps the KV cache in bf16.
@@ -134,24 +74,6 @@ fn rms_diff(a: &[f32], b: &[f32]) -> f64 {
         .sum::<f64>()
         / n)
         .sqrt()
-}
-
-/// Deterministic pseudo-random numbers (xorshift), N(0, 1)-ish.
-struct Rand(u64);
-
-impl Rand {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn normal(&mut self) -> f32 {
-        let s: f64 = (0..4)
-            .map(|_| (self.next() >> 11) as f64 / (1u64 << 53) as f64)
-            .sum();
-        ((s - 2.0) * 3f64.sqrt()) as f32
-    }
 }
 
 // ---- the small models and their shared kernel limits ----
@@ -430,21 +352,21 @@ fn op_graphs(spec: &ModelSpec, ctx: usize) -> Vec<OpGraph> {
 
 /// Random weights for every weight node of `graph`, stored in the node's declared format.
 fn graph_weights(graph: &Graph, seed: u64) -> WeightStore {
-    let mut rng = Rand(seed | 1);
+    let mut rng = Rng::new(seed);
     let mut store = WeightStore::new();
     for (_, n) in graph.nodes_of(|k| matches!(k, NodeKind::Weight)) {
         let ty = &n.outputs[0];
         let shape = ty.shape.clone();
         let numel: usize = shape.iter().product();
         let values: Vec<f32> = if shape.len() == 1 {
-            (0..numel).map(|_| 1.0 + 0.1 * rng.normal()).collect()
+            (0..numel).map(|_| 1.0 + 0.1 * rng.normal(1.0)).collect()
         } else {
             let std = if n.name == "embed" {
                 1.0
             } else {
                 2.0 / (*shape.last().unwrap() as f32).sqrt()
             };
-            (0..numel).map(|_| std * rng.normal()).collect()
+            (0..numel).map(|_| std * rng.normal(1.0)).collect()
         };
         let format = match ty.dtype {
             DType::Bf16 => WeightFormat::Bf16,
@@ -466,7 +388,7 @@ fn graph_inputs(
     graph: &Graph,
     spec: &ModelSpec,
     step: usize,
-    rng: &mut Rand,
+    rng: &mut Rng,
 ) -> Vec<(String, Tensor)> {
     graph
         .nodes_of(|k| matches!(k, NodeKind::Input))
@@ -476,11 +398,11 @@ fn graph_inputs(
                 "positions" => Tensor::from_i32(ty.shape.clone(), vec![step as i32]),
                 "token_ids" => Tensor::from_i32(
                     ty.shape.clone(),
-                    vec![(rng.next() % spec.vocab_size as u64) as i32],
+                    vec![(rng.next_u64() % spec.vocab_size as u64) as i32],
                 ),
                 _ => Tensor::from_f32(
                     ty.shape.clone(),
-                    (0..ty.numel()).map(|_| rng.normal()).collect(),
+                    (0..ty.numel()).map(|_| rng.normal(1.0)).collect(),
                 ),
             };
             (n.name.clone(), t)
@@ -513,7 +435,7 @@ fn op_graphs_fuse_into_their_templates_and_run_on_the_cpu() {
             let weights = F32Weights::from_store(&store);
             let mut exec = ScheduleExecutor::new(program, weights.clone()).unwrap();
             let mut state = StateStore::new();
-            let mut rng = Rand(5);
+            let mut rng = Rng::new(5);
             let names = output_names(&og.graph);
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
             for step in 0..6 {
@@ -717,7 +639,7 @@ fn check_graph_on_gpu(
     let mut mk = Megakernel::new(dev, program, &store, &image, LaunchOptions::default())
         .unwrap_or_else(|e| panic!("{}: {e:#}", og.name));
     let mut state = StateStore::new();
-    let mut rng = Rand(17);
+    let mut rng = Rng::new(17);
     let names = output_names(&og.graph);
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let label = format!(
@@ -1162,7 +1084,7 @@ const DFLASH_NEW_EMU: usize = 48;
 /// (`runtime/src/dflash/tests.rs`), in one store.
 fn dflash_models() -> (ModelSpec, mimo_ir::model::dflash::DraftSpec, WeightStore) {
     let (target, draft) =
-        common::small_dflash_pair(128, DFLASH_CONTEXT, DFLASH_BLOCK, WeightFormat::F32);
+        mimo_runtime::dflash::small_pair(128, DFLASH_CONTEXT, DFLASH_BLOCK, WeightFormat::F32);
     let mut store = mimo_ir::model::random::random_weights(&target, 3).unwrap();
     for (name, w) in mimo_ir::model::dflash::random_draft_weights(&draft, 17)
         .unwrap()
@@ -1200,16 +1122,9 @@ fn gpu_dflash_speculative_equals_plain_greedy() {
     };
     let info = dev.info();
     let (target, draft, store) = dflash_models();
-    let (mut engine, mut drafter) = dflash::cuda_pair(
-        &dev,
-        target,
-        draft,
-        &store,
-        DFLASH_CONTEXT,
-        Some(DFLASH_BLOCK),
-        compile_opts(info.sm_count.min(8)),
-    )
-    .unwrap();
+    let opts = compile_opts(info.sm_count.min(8));
+    let engine = CudaEngine::from_spec(&dev, target, &store, DFLASH_CONTEXT, opts).unwrap();
+    let (mut engine, mut drafter) = dflash::pair(engine, draft, Some(DFLASH_BLOCK)).unwrap();
     let new_tokens = if common::on_emulator(&dev) {
         DFLASH_NEW_EMU
     } else {
@@ -1293,25 +1208,12 @@ fn gpu_dflash_verify_matches_the_schedule_executor() {
     let (target, draft, store) = dflash_models();
     let capture = draft.target_layer_ids.clone();
     let opts = compile_opts(info.sm_count.min(8));
-    let (mut gpu_engine, _) = dflash::cuda_pair(
-        &dev,
-        target.clone(),
-        draft.clone(),
-        &store,
-        DFLASH_CONTEXT,
-        Some(DFLASH_BLOCK),
-        opts,
-    )
-    .unwrap();
-    let (mut cpu_engine, _) = dflash::compiled_pair(
-        target,
-        draft,
-        F32Weights::from_store(&store),
-        DFLASH_CONTEXT,
-        Some(DFLASH_BLOCK),
-        opts,
-    )
-    .unwrap();
+    let gpu_engine = CudaEngine::from_spec(&dev, target.clone(), &store, DFLASH_CONTEXT, opts);
+    let (mut gpu_engine, _) =
+        dflash::pair(gpu_engine.unwrap(), draft.clone(), Some(DFLASH_BLOCK)).unwrap();
+    let cpu_engine =
+        ScheduleEngine::new(target, F32Weights::from_store(&store), DFLASH_CONTEXT, opts);
+    let (mut cpu_engine, _) = dflash::pair(cpu_engine, draft, Some(DFLASH_BLOCK)).unwrap();
     let prompt = prompt_clear_of_bf16_near_ties(&mut cpu_engine, &store, 21, 3);
     let positions: Vec<usize> = (0..prompt.len()).collect();
     let mut greedy = Vec::new();

@@ -333,19 +333,21 @@ impl Drop for Program<'_> {
     }
 }
 
-/// Runs one cudarc call, turning a panic inside cudarc (a missing library or symbol) into an error.
-fn guarded<T>(call: &'static str, f: impl FnOnce() -> T) -> Result<T, NvrtcError> {
+/// Runs `f` (a cudarc call), turning a panic inside cudarc (a missing library or symbol) into
+/// the first line of its message.
+pub fn catch_cudarc_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
         let message = payload
             .downcast_ref::<String>()
             .map(String::as_str)
             .or_else(|| payload.downcast_ref::<&str>().copied())
             .unwrap_or("unknown panic");
-        NvrtcError::Panicked {
-            call,
-            message: message.lines().next().unwrap_or_default().to_owned(),
-        }
+        message.lines().next().unwrap_or_default().to_owned()
     })
+}
+
+fn guarded<T>(call: &'static str, f: impl FnOnce() -> T) -> Result<T, NvrtcError> {
+    catch_cudarc_panic(f).map_err(|message| NvrtcError::Panicked { call, message })
 }
 
 fn code_name(e: result::NvrtcError) -> String {

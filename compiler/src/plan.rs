@@ -20,6 +20,7 @@ use petgraph::graph::NodeIndex;
 use serde::{Deserialize, Serialize};
 
 use crate::fuse::{FusedOp, UnitMap};
+use crate::program::Program;
 
 /// One tile of a fused op.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,6 +76,57 @@ impl MemoryPlan {
             .iter()
             .find(|(k, _)| *k == (v.node.index(), v.output))
             .map(|(_, l)| *l)
+    }
+}
+
+/// The KV state a program reads and writes, by name: every state node with its place, and the
+/// state buffer's size. The programs that continue one sequence (a model's decode and verify
+/// programs, a draft's program of each shape) share one state buffer, so they must agree on it
+/// exactly: the memory plan lays the state out in graph order, so programs built by one model
+/// builder for one cache size do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateLayout {
+    pub values: Vec<(String, Location)>,
+    /// Elements of the state buffer.
+    pub len: usize,
+}
+
+impl StateLayout {
+    pub fn of(program: &Program) -> Self {
+        let graph = &program.graph;
+        let values = graph
+            .nodes_of(|k| matches!(k, NodeKind::State))
+            .filter_map(|(node, n)| {
+                let loc = program.memory.location(Value { node, output: 0 })?;
+                (loc.buffer == Buffer::State).then(|| (n.name.clone(), loc))
+            })
+            .collect();
+        StateLayout {
+            values,
+            len: program.memory.state_len,
+        }
+    }
+
+    /// Why a program whose state is laid out as `theirs` cannot share a buffer laid out as this
+    /// one (it would silently read one cache as another), or `None` when it can.
+    pub fn mismatch(&self, theirs: &StateLayout) -> Option<String> {
+        let (t, o) = (&theirs.values, &self.values);
+        match t.iter().zip(o).find(|(a, b)| a != b) {
+            Some(((n, a), (m, b))) => Some(format!(
+                "its `{n}` is {} words at {}, where the others have `{m}`, {} words at {}",
+                a.len, a.offset, b.len, b.offset
+            )),
+            None if t.len() != o.len() => Some(format!(
+                "it has {} state values, the others {}",
+                t.len(),
+                o.len()
+            )),
+            None if theirs.len != self.len => Some(format!(
+                "its state is {} words, the others' {}",
+                theirs.len, self.len
+            )),
+            None => None,
+        }
     }
 }
 
@@ -320,4 +372,45 @@ pub fn external_reads(
         }
     }
     reads
+}
+
+#[cfg(test)]
+mod tests {
+    use mimo_ir::model::decode_graph;
+    use mimo_ir::model::dflash::verify_graph;
+    use mimo_ir::{Architecture, ModelSpec};
+
+    use super::*;
+    use crate::{CompileOptions, Machine, compile};
+
+    fn layout(graph: Graph) -> StateLayout {
+        let opts = CompileOptions::for_machine(Machine {
+            workers: 2,
+            ..Machine::h100()
+        });
+        StateLayout::of(&compile(&graph, &opts).unwrap())
+    }
+
+    #[test]
+    fn every_target_program_shares_one_state_layout_and_other_sizes_are_refused() {
+        let spec = ModelSpec::tiny(Architecture::Qwen3Moe);
+        let ours = layout(decode_graph(&spec, 1, 16).unwrap());
+        let verify = layout(verify_graph(&spec, 4, 16, &[0]).unwrap());
+        assert_eq!(ours.mismatch(&verify), None);
+        let longer = layout(decode_graph(&spec, 1, 32).unwrap());
+        let why = ours.mismatch(&longer).unwrap();
+        assert!(why.contains("v_cache` is 1536 words at 0"), "{why}");
+        let mut bigger = ours.clone();
+        bigger.len += 1;
+        assert_eq!(
+            ours.mismatch(&bigger).unwrap(),
+            format!(
+                "its state is {} words, the others' {}",
+                ours.len + 1,
+                ours.len
+            )
+        );
+        bigger.values.pop();
+        assert!(ours.mismatch(&bigger).unwrap().starts_with("it has"));
+    }
 }

@@ -140,7 +140,7 @@ impl std::error::Error for DeviceFailure {}
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TaskBytes {
     /// `per_task[i][c]`: bytes task index `i` read from allocations of class `c`.
-    pub per_task: Vec<[u64; 6]>,
+    pub per_task: Vec<[u64; MemClass::ALL.len()]>,
     /// Launches counted.
     pub launches: u64,
 }

@@ -32,11 +32,10 @@ mod test_drafters;
 #[cfg(test)]
 mod tests;
 
-pub use compiled::compiled_pair;
-pub use cuda::cuda_pair;
+pub use compiled::pair;
 pub use drafters::{CompiledRunner, DFlashDrafter, DraftRunner, InterpreterRunner};
 #[cfg(any(test, feature = "test-support"))]
-pub use test_drafters::ScriptedDrafter;
+pub use test_drafters::{ScriptedDrafter, small_pair};
 
 use std::ops::ControlFlow;
 use std::path::Path;

@@ -17,7 +17,6 @@ mod state;
 
 pub use programs::CpuBackend;
 pub use state::SharedState;
-pub(crate) use state::layout as state_layout;
 
 use std::collections::HashMap;
 use std::ops::Range;

@@ -21,20 +21,7 @@ method = "dflash"
 draft = "draft-dir"
 block_size = 16
 "#,
-    r#"[model]
-architecture = "qwen3_moe"
-vocab_size = 151936
-hidden_size = 2048
-num_hidden_layers = 48
-num_attention_heads = 32
-num_key_value_heads = 4
-head_dim = 128
-num_experts = 128
-num_experts_per_tok = 8
-moe_intermediate_size = 768
-norm_topk_prob = true
-rope_parameters = { rope_theta = 1e7, rope_type = "default" }
-"#,
+    include_str!("../../benches/models/qwen3-30b-a3b.toml"),
     r#"[model]
 architecture = "mixtral"
 vocab_size = 32000

@@ -34,14 +34,9 @@ extern "C" char __stop_mimo_emu_shared[] __attribute__((weak, visibility("hidden
 
 namespace {
 
-typedef uint32_t u32;
-typedef uint64_t u64;
-
 constexpr u32 kNone = 0xffffffffu;
 constexpr u64 kStackBytes = 128 * 1024;
 constexpr u64 kRedzone = 256;
-enum MemClassIndex : u32 { kWeights = 0, kKv = 1, kActivations = 2, kTables = 3, kSync = 4, kOther = 5 };
-const char* const kClassNames[] = {"weights", "kv", "activations", "tables", "sync", "other"};
 
 // ---- fibers ----
 
@@ -137,7 +132,7 @@ struct Block {
 struct Failure {};
 
 struct Emulator {
-    MimoEmuLaunch* launch = nullptr;
+    EmuLaunch* launch = nullptr;
     std::vector<Allocation> allocations;
     std::vector<Block> blocks;
     std::vector<Fiber> fibers;
@@ -177,10 +172,10 @@ void* emu_library_base() {
 std::string describe_address(u64 address);
 
 [[noreturn]] void fail(const char* fmt, ...) {
-    MimoEmuLaunch* l = emu.launch;
+    EmuLaunch* l = emu.launch;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(l->message, MIMO_EMU_MESSAGE, fmt, ap);
+    vsnprintf(l->message, l->message_bytes, fmt, ap);
     va_end(ap);
     l->failed = 1;
     if (emu.current) {
@@ -865,16 +860,16 @@ extern "C" void __tsan_func_exit() {}
 
 // ---- the launch ----
 
-extern "C" uint64_t mimo_emu_abi_bytes(void) { return sizeof(MimoEmuLaunch); }
-extern "C" uint32_t mimo_emu_abi_version(void) { return MIMO_EMU_ABI; }
-extern "C" uint64_t mimo_emu_static_shared_bytes(void) { return emu.static_shared_bytes(); }
+extern "C" u64 mimo_emu_abi_bytes(void) { return sizeof(EmuLaunch); }
+extern "C" u32 mimo_emu_abi_version(void) { return MIMO_EMU_ABI; }
+extern "C" u64 mimo_emu_static_shared_bytes(void) { return emu.static_shared_bytes(); }
 
-extern "C" int mimo_emu_launch(MimoEmuLaunch* l) {
+extern "C" int mimo_emu_launch(EmuLaunch* l) {
     emu.launch = l;
     l->failed = 0;
     l->worker = 0;
     l->task = MIMO_EMU_NO_TASK;
-    l->message[0] = 0;
+    if (l->message_bytes) l->message[0] = 0;
     emu.failed = false;
     emu.current = nullptr;
     emu.now_ns = 0;
@@ -882,7 +877,7 @@ extern "C" int mimo_emu_launch(MimoEmuLaunch* l) {
     if (!emu.rng) emu.rng = 1;
     const u64 blocks = l->blocks, threads = l->threads;
     if (!blocks || !threads || threads % 32 || threads > 1024) {
-        snprintf(l->message, MIMO_EMU_MESSAGE, "launch of %llu blocks of %llu threads: not a valid shape",
+        snprintf(l->message, l->message_bytes, "launch of %llu blocks of %llu threads: not a valid shape",
                  (unsigned long long)blocks, (unsigned long long)threads);
         l->failed = 1;
         return 1;
@@ -890,7 +885,7 @@ extern "C" int mimo_emu_launch(MimoEmuLaunch* l) {
     // Allocations (shadows kept across launches while the allocation is the same).
     std::vector<Allocation> next;
     for (u64 i = 0; i < l->allocation_count; ++i) {
-        const MimoEmuAllocation& m = l->allocations[i];
+        const EmuAllocation& m = l->allocations[i];
         Allocation al{m.base, m.bytes, m.mem_class < MIMO_EMU_CLASSES ? m.mem_class : kOther, m.name, {}};
         for (Allocation& old : emu.allocations)
             if (old.base == al.base && old.bytes == al.bytes) al.shadow.swap(old.shadow);
@@ -905,7 +900,7 @@ extern "C" int mimo_emu_launch(MimoEmuLaunch* l) {
         if (emu.stacks) munmap(emu.stacks, emu.stack_count * kStackBytes);
         void* m = mmap(nullptr, count * kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (m == MAP_FAILED) {
-            snprintf(l->message, MIMO_EMU_MESSAGE, "cannot map %llu thread stacks", (unsigned long long)count);
+            snprintf(l->message, l->message_bytes, "cannot map %llu thread stacks", (unsigned long long)count);
             l->failed = 1;
             emu.stacks = nullptr;
             emu.stack_count = 0;

@@ -12,9 +12,33 @@ use mimo_runtime::cuda;
 use mimo_runtime::device::Device;
 use mimo_runtime::emu::{EmuDevice, EmuOptions};
 
+// `../shared/tools/gpu-stage` copies the test executables and the `mimo` binaries into `.gpu/`
+// of a working-tree copy that may live elsewhere, so the build-time paths (`CARGO_MANIFEST_DIR`,
+// `CARGO_BIN_EXE_*`) are used only where they exist; `.gpu/run-tests` runs from the copy's root.
+
+/// The repository root: the build-time one, else the current directory.
+pub fn repo_root() -> PathBuf {
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if built.join("tests/fixtures/hf").is_dir() {
+        built
+    } else {
+        std::env::current_dir().expect("a current directory")
+    }
+}
+
+/// A binary of this package: cargo's (`built`), else the staged `.gpu/bin/NAME`.
+fn binary(name: &str, built: &str) -> PathBuf {
+    let staged = repo_root().join(".gpu/bin").join(name);
+    if Path::new(built).is_file() || !staged.is_file() {
+        PathBuf::from(built)
+    } else {
+        staged
+    }
+}
+
 /// The committed HF parity fixtures, one directory each.
 pub fn hf_fixtures() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf");
+    let root = repo_root().join("tests/fixtures/hf");
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
         .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
         .map(|e| e.unwrap().path())
@@ -32,7 +56,7 @@ pub fn read_json(path: &Path) -> serde_json::Value {
 
 /// Runs `mimo` with `args`.
 pub fn mimo(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mimo"))
+    Command::new(binary("mimo", env!("CARGO_BIN_EXE_mimo")))
         .args(args)
         .output()
         .expect("running mimo")
@@ -79,7 +103,7 @@ pub fn rel_l2(a: &[f64], b: &[f64]) -> f64 {
 
 /// Runs `mimo-compile` with `args`.
 pub fn mimo_compile(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mimo-compile"))
+    Command::new(binary("mimo-compile", env!("CARGO_BIN_EXE_mimo-compile")))
         .args(args)
         .output()
         .expect("running mimo-compile")
@@ -171,55 +195,6 @@ pub fn check_against_hf(fixture: &Path, model: &Path, expected_file: &str) {
         );
     }
     assert!(got["tokens_per_second"].as_f64().unwrap() > 0.0);
-}
-
-/// A small random-weight speculative pair: a 3-layer Qwen3-MoE target (`vocab` tokens, a cache
-/// of `context`, weights in `format`) and a 2-layer DFlash draft for it reading target layers 0
-/// and 2, blocks of `block`, the last token id as its mask.
-pub fn small_dflash_pair(
-    vocab: usize,
-    context: usize,
-    block: usize,
-    format: mimo_ir::formats::WeightFormat,
-) -> (mimo_ir::ModelSpec, mimo_ir::model::dflash::DraftSpec) {
-    let target = mimo_ir::ModelSpec {
-        architecture: mimo_ir::Architecture::Qwen3Moe,
-        vocab_size: vocab,
-        hidden_size: 64,
-        num_layers: 3,
-        num_heads: 4,
-        num_kv_heads: 2,
-        head_dim: 16,
-        num_experts: 4,
-        experts_per_token: 2,
-        expert_intermediate_size: 64,
-        norm_topk_prob: true,
-        rope_theta: 10_000.0,
-        rms_norm_eps: 1e-6,
-        max_position_embeddings: context,
-        tie_word_embeddings: false,
-        formats: mimo_ir::WeightFormats {
-            experts: format,
-            dense: format,
-        },
-    };
-    let draft = mimo_ir::model::dflash::DraftSpec {
-        hidden_size: 64,
-        num_layers: 2,
-        num_heads: 4,
-        num_kv_heads: 2,
-        head_dim: 16,
-        intermediate_size: 96,
-        rope_theta: 10_000.0,
-        rms_norm_eps: 1e-6,
-        max_position_embeddings: context,
-        block_size: block,
-        target_layer_ids: vec![0, 2],
-        mask_token_id: (vocab - 1) as u32,
-        num_target_layers: Some(3),
-        format: mimo_ir::formats::WeightFormat::Bf16,
-    };
-    (target, draft)
 }
 
 /// The device the device tests run on, the one place they get it: with `MIMO_GPU_TESTS=1` the

@@ -131,6 +131,25 @@ impl CudaEngine {
         Ok(ProgramEngine::with_programs(spec, programs, max_context))
     }
 
+    /// An engine for `spec` without an artifact (tests, benchmarks): `store` uploaded, the
+    /// decode program compiled with `options`, every kernel generated from the built-in
+    /// templates.
+    pub fn from_spec(
+        device: &Arc<dyn Device>,
+        spec: ModelSpec,
+        store: &WeightStore,
+        max_context: usize,
+        options: CompileOptions,
+    ) -> Result<Self> {
+        let source = KernelSource::Templates;
+        let graph = decode_graph(&spec, 1, max_context).context("building the decode graph")?;
+        let decode = compile(&graph, &options).context("compiling the decode graph")?;
+        let image = source.image(&spec, &decode)?;
+        let shared = DeviceContext::new(device, store, None)?;
+        let launch = LaunchOptions::from_env();
+        Self::on(shared, spec, decode, &image, source, options, launch)
+    }
+
     /// Adds a verify program compiled ahead of time (an artifact's), with its kernel when there
     /// is one (else generated like those compiled on demand).
     pub fn insert(

@@ -44,10 +44,9 @@ pub mod shared;
 pub mod timing;
 pub mod upload;
 
-use std::panic::{self, AssertUnwindSafe};
-
 use anyhow::{Result, anyhow};
 use cudarc::driver::DriverError;
+use mimo_compiler::nvrtc::catch_cudarc_panic;
 
 pub use driver::CudaDevice;
 pub use engine::{CudaEngine, DecodeTiming, KernelImage, compile_graph, compile_in_memory};
@@ -60,17 +59,7 @@ pub use shared::{DeviceContext, DeviceKv};
 /// Runs `f`, turning a panic inside cudarc (a missing library or symbol) into an error naming
 /// `what`.
 pub fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
-    panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
-        let message = payload
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| payload.downcast_ref::<&str>().copied())
-            .unwrap_or("unknown panic");
-        anyhow!(
-            "{what}: the CUDA library failed: {}",
-            message.lines().next().unwrap_or_default()
-        )
-    })
+    catch_cudarc_panic(f).map_err(|m| anyhow!("{what}: the CUDA library failed: {m}"))
 }
 
 /// A driver error as one line: `what failed: CUDA_ERROR_NAME (description)`.

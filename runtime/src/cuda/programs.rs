@@ -143,6 +143,17 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
+    /// The draft's programs on the same device and weight pool, with a KV cache of its own.
+    fn for_draft(&self) -> Self {
+        CudaBackend::new(
+            self.spec.clone(),
+            self.shared.clone(),
+            "draft",
+            self.source.clone(),
+            self.launch,
+        )
+    }
+
     fn describe(&self, workers: usize) -> String {
         let note = match &self.first_note {
             Some(n) if !n.is_empty() => format!("; {n}"),

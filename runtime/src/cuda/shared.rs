@@ -17,13 +17,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use mimo_compiler::Program;
-use mimo_compiler::plan::Location;
+use mimo_compiler::plan::StateLayout;
 use mimo_ir::weights::WeightStore;
 
 use super::probe::DeviceInfo;
 use super::upload::{DeviceWeights, plan_layout};
 use crate::device::{Device, DeviceBuffer, MemClass};
-use crate::exec::state_layout;
 
 /// A device with a model's weights on it.
 pub struct DeviceContext {
@@ -84,9 +83,7 @@ impl DeviceContext {
 pub struct DeviceKv {
     /// Which model's (for messages: `target`, `draft`).
     name: String,
-    layout: Vec<(String, Location)>,
-    /// Elements (bf16) of the buffer.
-    len: usize,
+    layout: StateLayout,
     /// Zeroed between sequences; programs read and write it through its address.
     buffer: DeviceBuffer,
 }
@@ -94,28 +91,23 @@ pub struct DeviceKv {
 impl DeviceKv {
     /// A zeroed cache laid out as `program` places its state.
     pub fn for_program(dc: &DeviceContext, program: &Program, name: &str) -> Result<Arc<Self>> {
-        let len = program.memory.state_len;
+        let layout = StateLayout::of(program);
         let buffer = DeviceBuffer::zeroed(
             &dc.device,
-            len.max(1) * 2,
+            layout.len.max(1) * 2,
             MemClass::Kv,
             &format!("{name} KV cache"),
         )?;
         Ok(Arc::new(DeviceKv {
             name: name.to_string(),
-            layout: state_layout(program),
-            len,
+            layout,
             buffer,
         }))
     }
 
-    /// Refuses a program whose cache is not exactly this one (other caches, other sizes):
-    /// sharing it would silently read one cache as another.
+    /// Refuses a program whose cache is not exactly this one (other caches, other sizes).
     pub fn check(&self, program: &Program) -> Result<()> {
-        match kv_mismatch(
-            (&self.layout, self.len),
-            (&state_layout(program), program.memory.state_len),
-        ) {
+        match self.layout.mismatch(&StateLayout::of(program)) {
             None => Ok(()),
             Some(detail) => bail!(
                 "graph `{}` lays out its KV state unlike the {} programs it would share the device cache with: {detail}",
@@ -135,67 +127,5 @@ impl DeviceKv {
         self.buffer
             .zero()
             .with_context(|| format!("zeroing the {} KV cache", self.name))
-    }
-}
-
-/// Why a program's state (`theirs`: places by name, total length) cannot share a cache laid out
-/// as `ours`; `None` when it can.
-pub fn kv_mismatch(
-    ours: (&[(String, Location)], usize),
-    theirs: (&[(String, Location)], usize),
-) -> Option<String> {
-    let ((ours, our_len), (theirs, their_len)) = (ours, theirs);
-    match theirs.iter().zip(ours).find(|(a, b)| a != b) {
-        Some(((n, a), (m, b))) => Some(format!(
-            "its `{n}` is {} words at {}, where the others have `{m}`, {} words at {}",
-            a.len, a.offset, b.len, b.offset
-        )),
-        None if theirs.len() != ours.len() => Some(format!(
-            "it has {} state values, the others {}",
-            theirs.len(),
-            ours.len()
-        )),
-        None if their_len != our_len => Some(format!(
-            "its state is {their_len} words, the others' {our_len}"
-        )),
-        None => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use mimo_compiler::{CompileOptions, Machine, compile};
-    use mimo_ir::model::decode_graph;
-    use mimo_ir::model::dflash::verify_graph;
-    use mimo_ir::{Architecture, ModelSpec};
-
-    use super::*;
-
-    fn program(graph: mimo_ir::Graph) -> Program {
-        let opts = CompileOptions::for_machine(Machine {
-            workers: 2,
-            ..Machine::h100()
-        });
-        compile(&graph, &opts).unwrap()
-    }
-
-    #[test]
-    fn every_target_program_shares_one_cache_and_other_sizes_are_refused() {
-        let spec = ModelSpec::tiny(Architecture::Qwen3Moe);
-        let decode = program(decode_graph(&spec, 1, 16).unwrap());
-        let ours = (state_layout(&decode), decode.memory.state_len);
-        let ours = (&ours.0[..], ours.1);
-        let verify = program(verify_graph(&spec, 4, 16, &[0]).unwrap());
-        assert_eq!(
-            kv_mismatch(ours, (&state_layout(&verify), verify.memory.state_len)),
-            None
-        );
-        let longer = program(decode_graph(&spec, 1, 32).unwrap());
-        let why = kv_mismatch(ours, (&state_layout(&longer), longer.memory.state_len)).unwrap();
-        assert!(why.contains("v_cache` is 1536 words at 0"), "{why}");
-        assert_eq!(
-            kv_mismatch(ours, (ours.0, ours.1 + 1)).unwrap(),
-            format!("its state is {} words, the others' {}", ours.1 + 1, ours.1)
-        );
     }
 }

@@ -9,9 +9,10 @@ use mimo_compiler::Program;
 use mimo_compiler::artifact::{Artifact, draft_hash};
 use mimo_ir::model::dflash::DraftSpec;
 
+use super::compiled::join;
 use super::{CompiledRunner, DFlashDrafter, Drafter};
 use crate::draft::load_draft;
-use crate::engine::{Backend, Engine, ProgramCache};
+use crate::engine::{Backend, Engine, ProgramEngine};
 use crate::model::LoadedModel;
 use crate::session::{Session, load_artifact_model};
 
@@ -71,35 +72,21 @@ impl SpeculativeArtifact {
         })
     }
 
-    /// The artifact's drafter, its draft programs (added up front, the other shapes compiled
-    /// when first met) on `programs`.
-    pub fn drafter<B: Backend + 'static>(
-        &self,
-        programs: ProgramCache<(usize, usize), B>,
-    ) -> Result<DFlashDrafter> {
-        let mut runner = CompiledRunner::on(programs);
+    /// The session of `engine` (the target, with the artifact's target programs) and the
+    /// artifact's drafter on the same device: its draft programs added up front, the other
+    /// shapes compiled when first met.
+    pub fn start<B: Backend + 'static>(
+        self,
+        engine: ProgramEngine<B>,
+        mut notes: Vec<String>,
+    ) -> Result<(Session, DFlashDrafter)> {
+        let mut runner = CompiledRunner::on(engine.programs().for_draft());
         for (name, shape, program) in self.draft_programs() {
             runner
                 .insert(shape, program.clone())
                 .with_context(|| format!("{}: graph `{name}`", self.art.dir.display()))?;
         }
-        DFlashDrafter::with_runner(
-            self.draft.clone(),
-            &self.model.spec,
-            Box::new(runner),
-            self.art.manifest.model.max_context,
-            self.block_size,
-        )
-    }
-
-    /// The session of `engine` (the target, its verify blocks as long as the drafter's) with
-    /// `drafter`.
-    pub fn session(
-        self,
-        engine: Box<dyn Engine>,
-        drafter: DFlashDrafter,
-        mut notes: Vec<String>,
-    ) -> (Session, DFlashDrafter) {
+        let (engine, drafter) = join(engine, runner, self.draft.clone(), self.block_size)?;
         let dir = self.art.dir.display().to_string();
         notes.push(format!(
             "speculative decoding of {dir} with the DFlash draft {} (block of {}) on {}",
@@ -108,12 +95,12 @@ impl SpeculativeArtifact {
             engine.device()
         ));
         let session = Session {
-            engine,
+            engine: Box::new(engine),
             tokenizer: self.model.tokenizer,
             eos_token_ids: self.model.eos_token_ids,
             name: dir,
             notes,
         };
-        (session, drafter)
+        Ok((session, drafter))
     }
 }

@@ -1,36 +1,47 @@
-//! DFlash on compiled programs and the CPU schedule executor: the target's verify programs run
-//! on a [`ScheduleEngine`] (which accepts greedy blocks with the program's own `accept` op), the
-//! draft's programs on a [`CompiledRunner`] over [`CpuBackend`]. Both start from an artifact's programs, when it has
-//! them, and compile the other shapes they meet on first use.
+//! DFlash on compiled programs, on either side of the device boundary: the target's verify
+//! programs on a [`ProgramEngine`] (which accepts greedy blocks with the program's own `accept`
+//! op), the draft's on a [`CompiledRunner`] over the same backend, device and weights
+//! ([`ProgramCache::for_draft`](crate::engine::ProgramCache::for_draft)), each model with its own
+//! KV state. [`pair`] starts both without an artifact (tests, benchmarks); an artifact's are
+//! opened here on the CPU schedule executor and in [`super::cuda`] on the GPU.
 
 use std::path::Path;
 
 use anyhow::Result;
-use mimo_compiler::CompileOptions;
-use mimo_ir::ModelSpec;
 use mimo_ir::interp::F32Weights;
 use mimo_ir::model::dflash::DraftSpec;
 
 use super::artifact::SpeculativeArtifact;
 use super::{CompiledRunner, DFlashDrafter, Drafter};
-use crate::engine::ScheduleEngine;
-use crate::exec::CpuBackend;
-use crate::session::{Session, artifact_compile_options, schedule_engine};
+use crate::engine::{Backend, Engine, ProgramEngine};
+use crate::session::{Session, schedule_engine};
 
-/// A target on the schedule executor and a DFlash drafter on compiled programs, over one weight
-/// store holding both models; every program is compiled with `options` when first needed.
-pub fn compiled_pair(
-    target: ModelSpec,
+/// `engine` with a DFlash drafter for `draft` on the same device: the engine's weights hold both
+/// models; every program is compiled with the engine's options when first needed.
+pub fn pair<B: Backend + 'static>(
+    engine: ProgramEngine<B>,
     draft: DraftSpec,
-    weights: F32Weights,
-    max_context: usize,
     block_size: Option<usize>,
-    options: CompileOptions,
-) -> Result<(ScheduleEngine, DFlashDrafter)> {
-    let runner = CompiledRunner::on(CpuBackend::cache(weights.clone(), options));
-    let drafter =
-        DFlashDrafter::with_runner(draft, &target, Box::new(runner), max_context, block_size)?;
-    let mut engine = ScheduleEngine::new(target, weights, max_context, options);
+) -> Result<(ProgramEngine<B>, DFlashDrafter)> {
+    let runner = CompiledRunner::on(engine.programs().for_draft());
+    join(engine, runner, draft, block_size)
+}
+
+/// `engine` with a DFlash drafter for `draft` on `runner` (the draft's programs on the engine's
+/// device), the engine's verify steps as long as the drafter's blocks.
+pub(super) fn join<B: Backend + 'static>(
+    mut engine: ProgramEngine<B>,
+    runner: CompiledRunner<B>,
+    draft: DraftSpec,
+    block_size: Option<usize>,
+) -> Result<(ProgramEngine<B>, DFlashDrafter)> {
+    let drafter = DFlashDrafter::with_runner(
+        draft,
+        engine.spec(),
+        Box::new(runner),
+        engine.max_context(),
+        block_size,
+    )?;
     engine.set_max_step_tokens(drafter.block_size());
     Ok((engine, drafter))
 }
@@ -46,11 +57,8 @@ pub(super) fn open_artifact(
 ) -> Result<(Session, DFlashDrafter)> {
     let opened = SpeculativeArtifact::open(dir, draft, block_size)?;
     let weights = F32Weights::from_store(&opened.model.weights);
-    let options = artifact_compile_options(&opened.art)?;
-    let drafter = opened.drafter(CpuBackend::cache(weights.clone(), options))?;
-    let mut engine = schedule_engine(&opened.art, opened.model.spec.clone(), weights)?;
-    engine.set_max_step_tokens(drafter.block_size());
-    Ok(opened.session(Box::new(engine), drafter, notes))
+    let engine = schedule_engine(&opened.art, opened.model.spec.clone(), weights)?;
+    opened.start(engine, notes)
 }
 
 #[cfg(test)]

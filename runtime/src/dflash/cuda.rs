@@ -1,8 +1,8 @@
 //! DFlash on the megakernel (a GPU, or the emulator): the target's programs on a [`CudaEngine`]
 //! (verify blocks accepted by the program's own `accept` op), the draft's programs on a
-//! [`CompiledRunner`] over a [`CudaBackend`] behind the same [`DFlashDrafter`] the CPU paths use, both on one device over
-//! one weight upload (the draft reads the target's `embed` and `lm_head`), each model with its
-//! own device KV cache.
+//! [`super::CompiledRunner`] over a [`crate::cuda::CudaBackend`] behind the same
+//! [`super::DFlashDrafter`] the CPU paths use, both on one device over one weight upload (the
+//! draft reads the target's `embed` and `lm_head`), each model with its own device KV cache.
 //!
 //! The features of the committed rows reach the draft through the host: the verify program's
 //! `features` and the draft program's `context` live in different arenas, each laid out by its
@@ -16,17 +16,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use mimo_compiler::CompileOptions;
-use mimo_ir::ModelSpec;
-use mimo_ir::model::build::decode_graph;
-use mimo_ir::model::dflash::DraftSpec;
-use mimo_ir::weights::WeightStore;
 
+use super::DFlashDrafter;
 use super::artifact::SpeculativeArtifact;
-use super::{CompiledRunner, DFlashDrafter, Drafter};
-use crate::cuda::{self, CudaBackend, CudaEngine, KernelImage, KernelSource, LaunchOptions};
+use crate::cuda::{self, CudaEngine, KernelImage, KernelSource, LaunchOptions};
 use crate::device::Device;
-use crate::engine::{ProgramCache, TargetProgram};
+use crate::engine::TargetProgram;
 use crate::session::{Session, artifact_compile_options, artifact_target_programs};
 
 /// Speculative decoding of an artifact on the GPU: its `decode`, `verify` and `draft` programs
@@ -41,8 +36,7 @@ pub(super) fn open_artifact(
 ) -> Result<(Session, DFlashDrafter)> {
     let opened = SpeculativeArtifact::open(dir, draft, block_size)?;
     let (art, spec) = (&opened.art, &opened.model.spec);
-    let options: CompileOptions = artifact_compile_options(art)?;
-    let launch = LaunchOptions::from_env();
+    let options = artifact_compile_options(art)?;
     let decode = art
         .program("decode")
         .with_context(|| format!("{}: no `decode` graph", dir.display()))?
@@ -50,12 +44,13 @@ pub(super) fn open_artifact(
     let image = KernelImage::from_artifact(art)?;
     let source = KernelSource::from_kernel(spec, &decode, &image);
     let shared = cuda::DeviceContext::new(device, &opened.model.weights, None)?;
+    let launch = LaunchOptions::from_env();
     let mut engine = CudaEngine::on(
-        shared.clone(),
+        shared,
         spec.clone(),
         decode,
         &image,
-        source.clone(),
+        source,
         options,
         launch,
     )?;
@@ -68,47 +63,5 @@ pub(super) fn open_artifact(
                 .with_context(|| format!("{}: graph `{name}` on the GPU", dir.display()))?;
         }
     }
-    let backend = CudaBackend::new(spec.clone(), shared, "draft", source, launch);
-    let drafter = opened.drafter(ProgramCache::new(backend, options))?;
-    engine.set_max_step_tokens(drafter.block_size());
-    Ok(opened.session(Box::new(engine), drafter, notes))
-}
-
-/// A target and a DFlash drafter on the GPU without an artifact (tests, benchmarks): `store`
-/// holds both models' weights (uploaded once); every program is compiled for `options` when first
-/// needed, its kernel generated from the built-in templates.
-pub fn cuda_pair(
-    device: &Arc<dyn Device>,
-    target: ModelSpec,
-    draft: DraftSpec,
-    store: &WeightStore,
-    max_context: usize,
-    block_size: Option<usize>,
-    options: CompileOptions,
-) -> Result<(CudaEngine, DFlashDrafter)> {
-    let launch = LaunchOptions::from_env();
-    let source = KernelSource::Templates;
-    let graph = decode_graph(&target, 1, max_context).context("building the decode graph")?;
-    let decode = mimo_compiler::compile(&graph, &options).context("compiling the decode graph")?;
-    let image = source.image(&target, &decode)?;
-    let shared = cuda::DeviceContext::new(device, store, None)?;
-    let mut engine = CudaEngine::on(
-        shared.clone(),
-        target.clone(),
-        decode,
-        &image,
-        source.clone(),
-        options,
-        launch,
-    )?;
-    let backend = CudaBackend::new(target.clone(), shared, "draft", source, launch);
-    let drafter = DFlashDrafter::with_runner(
-        draft,
-        &target,
-        Box::new(CompiledRunner::on(ProgramCache::new(backend, options))),
-        max_context,
-        block_size,
-    )?;
-    engine.set_max_step_tokens(drafter.block_size());
-    Ok((engine, drafter))
+    opened.start(engine, notes)
 }

@@ -1,11 +1,63 @@
-//! A drafter for tests whose acceptance is known in advance: every draft right, or every draft
-//! wrong ([`ScriptedDrafter`]). Built for the crate's own tests and
-//! with the `test-support` feature (which the workspace's end-to-end tests enable), never into
-//! the binaries.
+//! What speculative-decoding tests share: a small target and DFlash draft ([`small_pair`]), and
+//! a drafter whose acceptance is known in advance: every draft right, or every draft wrong
+//! ([`ScriptedDrafter`]). Built for the crate's own tests and with the `test-support` feature
+//! (which the workspace's end-to-end tests enable), never into the binaries.
 
 use anyhow::Result;
+use mimo_ir::formats::WeightFormat;
+use mimo_ir::model::dflash::DraftSpec;
+use mimo_ir::{Architecture, ModelSpec, WeightFormats};
 
 use super::{DraftContext, Drafter};
+
+/// A small speculative pair: a 3-layer Qwen3-MoE target (`vocab` tokens, a cache of `context`,
+/// weights in `format`) and a 2-layer DFlash draft for it reading target layers 0 and 2, blocks
+/// of `block`, the last token id as its mask.
+pub fn small_pair(
+    vocab: usize,
+    context: usize,
+    block: usize,
+    format: WeightFormat,
+) -> (ModelSpec, DraftSpec) {
+    let target = ModelSpec {
+        architecture: Architecture::Qwen3Moe,
+        vocab_size: vocab,
+        hidden_size: 64,
+        num_layers: 3,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 16,
+        num_experts: 4,
+        experts_per_token: 2,
+        expert_intermediate_size: 64,
+        norm_topk_prob: true,
+        rope_theta: 10_000.0,
+        rms_norm_eps: 1e-6,
+        max_position_embeddings: context,
+        tie_word_embeddings: false,
+        formats: WeightFormats {
+            experts: format,
+            dense: format,
+        },
+    };
+    let draft = DraftSpec {
+        hidden_size: 64,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 16,
+        intermediate_size: 96,
+        rope_theta: 10_000.0,
+        rms_norm_eps: 1e-6,
+        max_position_embeddings: context,
+        block_size: block,
+        target_layer_ids: vec![0, 2],
+        mask_token_id: (vocab - 1) as u32,
+        num_target_layers: Some(3),
+        format: WeightFormat::Bf16,
+    };
+    (target, draft)
+}
 
 /// Proposes from a known continuation (the target's own greedy output): either that
 /// continuation itself, so every block is accepted whole ([`ScriptedDrafter::replay`]), or at

@@ -6,11 +6,11 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
+use mimo_ir::ModelSpec;
 use mimo_ir::formats::WeightFormat;
 use mimo_ir::interp::F32Weights;
 use mimo_ir::model::dflash::{DraftSpec, random_draft_weights};
 use mimo_ir::model::random::random_weights;
-use mimo_ir::{Architecture, ModelSpec, WeightFormats};
 
 use super::*;
 use crate::engine::CpuEngine;
@@ -21,47 +21,12 @@ pub(super) const BLOCK: usize = 16;
 pub(super) const CONTEXT: usize = 1024;
 
 pub(super) fn target_spec() -> ModelSpec {
-    ModelSpec {
-        architecture: Architecture::Qwen3Moe,
-        vocab_size: 128,
-        hidden_size: 64,
-        num_layers: 3,
-        num_heads: 4,
-        num_kv_heads: 2,
-        head_dim: 16,
-        num_experts: 4,
-        experts_per_token: 2,
-        expert_intermediate_size: 64,
-        norm_topk_prob: true,
-        rope_theta: 10_000.0,
-        rms_norm_eps: 1e-6,
-        max_position_embeddings: CONTEXT,
-        tie_word_embeddings: false,
-        formats: WeightFormats {
-            experts: WeightFormat::F32,
-            dense: WeightFormat::F32,
-        },
-    }
+    small_pair(128, CONTEXT, BLOCK, WeightFormat::F32).0
 }
 
 /// A two-layer DFlash draft reading target layers 0 and 2.
 pub(super) fn draft_spec() -> DraftSpec {
-    DraftSpec {
-        hidden_size: 64,
-        num_layers: 2,
-        num_heads: 4,
-        num_kv_heads: 2,
-        head_dim: 16,
-        intermediate_size: 96,
-        rope_theta: 10_000.0,
-        rms_norm_eps: 1e-6,
-        max_position_embeddings: CONTEXT,
-        block_size: BLOCK,
-        target_layer_ids: vec![0, 2],
-        mask_token_id: 127,
-        num_target_layers: Some(3),
-        format: WeightFormat::Bf16,
-    }
+    small_pair(128, CONTEXT, BLOCK, WeightFormat::F32).1
 }
 
 /// The random target's weights and a random DFlash draft's, in one store.

@@ -10,17 +10,15 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use mimo_compiler::artifact::fnv1a;
 
+use super::ffi;
 use crate::cuda::kernel::{kernel_cache_dir, store_in_cache};
 
 /// The emulator's sources, embedded so the build needs nothing but a C++ compiler.
-const SOURCES: [(&str, &str); 4] = [
+/// Its interface, `launch_abi.h`, is generated ([`ffi::launch_abi_header`]).
+const SOURCES: [(&str, &str); 3] = [
     (
         "cuda_host.h",
         include_str!("../../../templates/emu/cuda_host.h"),
-    ),
-    (
-        "launch_abi.h",
-        include_str!("../../../templates/emu/launch_abi.h"),
     ),
     (
         "kernel_entry.h",
@@ -96,6 +94,7 @@ pub fn build_kernel_library(source: &str) -> Result<(PathBuf, String)> {
         key_text.push_str(name);
         key_text.push_str(text);
     }
+    key_text.push_str(&ffi::launch_abi_header());
     key_text.push_str(source);
     let key = fnv1a(key_text.as_bytes());
     let cached = kernel_cache_dir().map(|d| d.join(format!("{key}-emu.so")));
@@ -145,6 +144,7 @@ fn build_in(work: &Path, cxx: &str, source: &str) -> Result<PathBuf> {
         std::fs::write(work.join(name), text)
             .with_context(|| format!("writing {}", work.join(name).display()))?;
     }
+    std::fs::write(work.join("launch_abi.h"), ffi::launch_abi_header())?;
     std::fs::write(work.join("kernel.cu"), source)?;
     std::fs::write(
         work.join("kernel_host.cpp"),

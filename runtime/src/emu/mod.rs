@@ -305,15 +305,15 @@ impl Device for EmuDevice {
                 shape.dynamic_smem
             )));
         }
-        let table: Vec<ffi::Allocation> = s
+        let table: Vec<ffi::EmuAllocation> = s
             .allocations
             .values()
-            .map(|a| ffi::Allocation {
+            .map(|a| ffi::EmuAllocation {
                 base: a.base,
                 bytes: a.bytes as u64,
                 mem_class: a.class.index() as u32,
                 reserved: 0,
-                name: a.name.as_ptr(),
+                name: a.name.as_ptr() as u64,
             })
             .collect();
         if s.task_bytes.is_empty() {
@@ -321,10 +321,11 @@ impl Device for EmuDevice {
         }
         s.launches += 1;
         s.counted_launches += 1;
-        let mut l = ffi::Launch {
-            allocations: table.as_ptr(),
+        let mut message = [0u8; ffi::MESSAGE_BYTES];
+        let mut l = ffi::EmuLaunch {
+            allocations: table.as_ptr() as u64,
             allocation_count: table.len() as u64,
-            params: params.as_ptr(),
+            params: params.as_ptr() as u64,
             params_bytes: params.len() as u64,
             blocks: shape.blocks,
             threads: shape.threads,
@@ -333,29 +334,28 @@ impl Device for EmuDevice {
             seed: self.options.seed.unwrap_or(0).wrapping_add(s.launches),
             launch_id: s.launches,
             task_count: COUNTED_TASKS as u32,
-            reserved: 0,
-            task_bytes: s.task_bytes.as_mut_ptr(),
+            message_bytes: ffi::MESSAGE_BYTES as u32,
+            task_bytes: s.task_bytes.as_mut_ptr() as u64,
+            message: message.as_mut_ptr() as u64,
             failed: 0,
             worker: 0,
             task: ffi::NO_TASK,
-            reserved2: 0,
+            reserved: 0,
             virtual_ns: 0,
-            message: [0; ffi::MESSAGE_BYTES],
         };
-        // The allocations' memory, the names and the counters stay alive (and unmoved) while
-        // the state is locked.
+        // The allocations' memory, the names, the counters and the message buffer stay alive
+        // (and unmoved) while the state is locked.
         let _one_at_a_time = LAUNCHES.lock().unwrap_or_else(|e| e.into_inner());
         library.launch(&mut l);
         if l.failed != 0 {
-            let end = l
-                .message
+            let end = message
                 .iter()
                 .position(|&b| b == 0)
-                .unwrap_or(l.message.len());
+                .unwrap_or(message.len());
             return Err(DeviceFailure::Check {
                 worker: l.worker,
                 task: (l.task != ffi::NO_TASK).then_some(l.task),
-                message: String::from_utf8_lossy(&l.message[..end]).into_owned(),
+                message: String::from_utf8_lossy(&message[..end]).into_owned(),
             });
         }
         Ok(())
@@ -392,7 +392,7 @@ impl Device for EmuDevice {
             .map_or(0, |r| r + 1);
         let per_task = (0..used)
             .map(|r| {
-                let mut row = [0u64; 6];
+                let mut row = [0u64; ffi::CLASSES];
                 row.copy_from_slice(&s.task_bytes[r * ffi::CLASSES..(r + 1) * ffi::CLASSES]);
                 row
             })

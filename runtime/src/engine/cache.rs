@@ -32,6 +32,11 @@ pub trait Backend: Send {
     fn reset<'a>(&mut self, loaded: impl Iterator<Item = &'a mut Self::Loaded>) -> Result<()>
     where
         Self::Loaded: 'a;
+    /// A backend for another model's programs (a DFlash draft) on the same device and weights,
+    /// with a state of its own.
+    fn for_draft(&self) -> Self
+    where
+        Self: Sized;
     /// Where the programs run, for logs and `--json` output (`workers` per step).
     fn describe(&self, workers: usize) -> String;
     /// The device in a few words, for messages.
@@ -109,6 +114,16 @@ impl<K: Eq + Hash + Clone + Debug, B: Backend> ProgramCache<K, B> {
     /// Where the programs run, for logs and `--json` output.
     pub fn describe(&self) -> String {
         self.backend.describe(self.workers())
+    }
+
+    /// An empty cache for another model's programs (a DFlash draft) on the same device and
+    /// weights, compiling with the same options.
+    pub fn for_draft<K2>(&self) -> ProgramCache<K2, B> {
+        ProgramCache {
+            backend: self.backend.for_draft(),
+            options: self.options,
+            loaded: HashMap::new(),
+        }
     }
 
     pub fn backend(&self) -> &B {

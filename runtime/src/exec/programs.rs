@@ -77,6 +77,10 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn for_draft(&self) -> Self {
+        CpuBackend::new(self.weights.clone())
+    }
+
     fn describe(&self, workers: usize) -> String {
         format!("cpu schedule executor ({workers} workers)")
     }

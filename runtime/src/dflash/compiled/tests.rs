@@ -20,8 +20,8 @@ use super::super::tests::{
 };
 use super::*;
 use crate::dflash::{ScriptedDrafter, speculative_generate};
-use crate::engine::ProgramCache;
 use crate::engine::{CpuEngine, Engine, StepOutput, Verified};
+use crate::engine::{ProgramCache, ScheduleEngine};
 use crate::exec::CpuBackend;
 use crate::generate::{GenerateRequest, generate};
 use crate::sampling::SamplingParams;
@@ -219,15 +219,8 @@ fn compiled() -> (Counting, DFlashDrafter) {
         workers: 2,
         ..Machine::h100()
     });
-    let (engine, dflash) = compiled_pair(
-        target_spec(),
-        draft_spec(),
-        weights(),
-        MAX_CONTEXT,
-        None,
-        options,
-    )
-    .unwrap();
+    let engine = ScheduleEngine::new(target_spec(), weights(), MAX_CONTEXT, options);
+    let (engine, dflash) = pair(engine, draft_spec(), None).unwrap();
     let engine = Counting {
         inner: engine,
         on_device: 0,

@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use mimo_compiler::CompileOptions;
 use mimo_compiler::report::step_bytes;
+use mimo_compiler::{CompileOptions, Machine};
 use mimo_ir::Tensor;
 use mimo_ir::interp::F32Weights;
 use mimo_ir::model::dflash::{
@@ -30,15 +30,14 @@ use mimo_ir::model::dflash::{
 };
 use mimo_ir::model::names::{self, LayerWeight};
 use mimo_ir::weights::WeightStore;
-use mimo_runtime::cuda::{CudaBackend, CudaEngine, KernelSource, LaunchOptions};
+use mimo_runtime::builtin;
+use mimo_runtime::cuda::CudaEngine;
 use mimo_runtime::device::Device;
 use mimo_runtime::dflash::{
     CompiledRunner, DFlashDrafter, DraftContext, Drafter, InterpreterRunner,
 };
 use mimo_runtime::draft::load_draft;
-use mimo_runtime::engine::{CpuEngine, Engine, ProgramCache, ScheduleEngine, TargetProgram};
-use mimo_runtime::exec::CpuBackend;
-use mimo_runtime::{builtin, cuda};
+use mimo_runtime::engine::{CpuEngine, Engine, ScheduleEngine, TargetProgram};
 use serde_json::{Value, json};
 
 use super::routing::{self, RoutingProbe};
@@ -210,15 +209,13 @@ fn setup(
         }
         // Verify programs up to the largest block; the context is filled in pieces of that.
         engine.set_max_step_tokens(max_block);
+        let drafts = engine.programs().for_draft::<(usize, usize)>();
         return Ok(Setup {
             engine: Box::new(engine),
             backend: "cpu-schedule-executor",
             copy_bandwidth_gbs: host_copy_bandwidth_gbs(),
             drafter: Box::new(move |b| {
-                let runner = Box::new(CompiledRunner::on(CpuBackend::cache(
-                    weights.clone(),
-                    options,
-                )));
+                let runner = Box::new(CompiledRunner::on(drafts.for_draft()));
                 DFlashDrafter::with_runner(dspec.clone(), &target, runner, art_context, Some(b))
             }),
             draft_backend: "cpu-schedule-executor",
@@ -258,10 +255,10 @@ fn gpu_setup(
     let target = model.spec.clone();
     let dspec = draft.spec.clone();
     let ctx = max_context.next_multiple_of(64);
-    let (decode, image) = cuda::compile_in_memory(&target, ctx, dev.info().sm_count)?;
-    let options = CompileOptions::for_machine(decode.machine);
-    let launch = LaunchOptions::from_env();
-    let source = KernelSource::Templates;
+    let options = CompileOptions::for_machine(Machine {
+        workers: dev.info().sm_count.max(1),
+        ..Machine::h100()
+    });
     // `run` put the draft's weights into the model's store: one upload holds both.
     debug_assert!(
         draft
@@ -269,31 +266,16 @@ fn gpu_setup(
             .iter()
             .all(|(n, _)| model.weights.get(n).is_some())
     );
-    let shared = cuda::DeviceContext::new(dev, &model.weights, None)?;
-    let mut engine = CudaEngine::on(
-        shared.clone(),
-        target.clone(),
-        decode,
-        &image,
-        source.clone(),
-        options,
-        launch,
-    )?;
+    let mut engine = CudaEngine::from_spec(dev, target.clone(), &model.weights, ctx, options)?;
     engine.set_max_step_tokens(max_block);
     let copy_bandwidth_gbs = engine.kernel().copy_bandwidth_gbs()?;
+    let drafts = engine.programs().for_draft::<(usize, usize)>();
     Ok(Setup {
         engine: Box::new(engine),
         backend: "cuda-megakernel",
         copy_bandwidth_gbs,
         drafter: Box::new(move |b| {
-            let backend = CudaBackend::new(
-                target.clone(),
-                shared.clone(),
-                "draft",
-                source.clone(),
-                launch,
-            );
-            let runner = Box::new(CompiledRunner::on(ProgramCache::new(backend, options)));
+            let runner = Box::new(CompiledRunner::on(drafts.for_draft()));
             DFlashDrafter::with_runner(dspec.clone(), &target, runner, ctx, Some(b))
         }),
         draft_backend: "cuda-megakernel",
