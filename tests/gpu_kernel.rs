@@ -239,6 +239,7 @@ fn op_graphs(spec: &ModelSpec, ctx: usize) -> Vec<OpGraph> {
                     &format!("{name}_rope"),
                     Rope {
                         theta: spec.rope_theta,
+                        rotary_dim: 0,
                     },
                     &[t, pos],
                 )
@@ -260,6 +261,7 @@ fn op_graphs(spec: &ModelSpec, ctx: usize) -> Vec<OpGraph> {
             "attention",
             Attention {
                 scale: 1.0 / (hd as f32).sqrt(),
+                window: 0,
             },
             &[heads[0], k_all, v_all, pos],
         )

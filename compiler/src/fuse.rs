@@ -51,6 +51,7 @@ pub fn rewrite(graph: &Graph, opts: RewriteOptions) -> Result<Graph, GraphError>
                     let split = AttentionPartial {
                         scale: att.scale,
                         splits: opts.attention_splits,
+                        window: att.window,
                     };
                     let parts = b.op(&format!("{}.partial", node.name), split, &inputs)?;
                     b.op(&node.name, AttentionCombine {}, &parts)?

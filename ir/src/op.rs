@@ -382,6 +382,11 @@ pub(crate) mod tests {
             ("q", Tensor::from_f32([t, heads, hd], rand(t * heads * hd))),
             ("k", Tensor::from_f32([ctx, kvh, hd], rand(ctx * kvh * hd))),
             ("v", Tensor::from_f32([ctx, kvh, hd], rand(ctx * kvh * hd))),
+            // Values narrower than the keys, as MiMo-V2's.
+            (
+                "v_narrow",
+                Tensor::from_f32([ctx, kvh, 5], rand(ctx * kvh * 5)),
+            ),
             ("positions", Tensor::from_i32([t], vec![1, 5, 10])),
             ("logits", Tensor::from_f32([t, vocab], rand(t * vocab))),
         ];
@@ -398,39 +403,42 @@ pub(crate) mod tests {
             );
             b.input(name, ty).unwrap()
         };
-        let (q, k, v, p, l) = (
+        let (q, k, v, vn, p, l) = (
             value(&mut b, "q"),
             value(&mut b, "k"),
             value(&mut b, "v"),
+            value(&mut b, "v_narrow"),
             value(&mut b, "positions"),
             value(&mut b, "logits"),
         );
-        let parts = b
-            .op(
-                "attn_parts",
-                AttentionPartial {
-                    scale: 0.3,
-                    splits: 4,
-                },
-                &[q, k, v, p],
-            )
-            .unwrap();
-        let split = b.op1("attn_split", AttentionCombine {}, &parts).unwrap();
-        let whole = b
-            .op1("attn_whole", Attention { scale: 0.3 }, &[q, k, v, p])
-            .unwrap();
+        // The whole causal context, and a sliding window of 4 rows over narrower values.
+        let mut attn = Vec::new();
+        for (tag, window, v) in [("", 0, v), ("_windowed", 4, vn)] {
+            let (scale, splits) = (0.3, 4);
+            let partial = AttentionPartial {
+                scale,
+                splits,
+                window,
+            };
+            let parts = b
+                .op(&format!("attn_parts{tag}"), partial, &[q, k, v, p])
+                .unwrap();
+            let combine = AttentionCombine {};
+            let split = b.op1(&format!("attn_split{tag}"), combine, &parts);
+            let whole = Attention { scale, window };
+            let whole = b.op1(&format!("attn_whole{tag}"), whole, &[q, k, v, p]);
+            attn.push((format!("attn_split{tag}"), split.unwrap()));
+            attn.push((format!("attn_whole{tag}"), whole.unwrap()));
+        }
         let chunks = b
             .op("argmax_parts", ArgmaxPartial { chunk: 7 }, &[l])
             .unwrap();
         let split_ids = b.op1("argmax_split", ArgmaxCombine {}, &chunks).unwrap();
         let whole_ids = b.op1("argmax_whole", Argmax {}, &[l]).unwrap();
-        for (name, v) in [
-            ("attn_split", split),
-            ("attn_whole", whole),
-            ("ids_split", split_ids),
-            ("ids_whole", whole_ids),
-        ] {
-            b.output(name, v).unwrap();
+        attn.push(("ids_split".into(), split_ids));
+        attn.push(("ids_whole".into(), whole_ids));
+        for (name, v) in attn {
+            b.output(&name, v).unwrap();
         }
         (b.finish().unwrap(), inputs)
     }
@@ -452,10 +460,15 @@ pub(crate) mod tests {
         )
         .unwrap();
         assert_eq!(out["ids_split"], out["ids_whole"]);
-        let (a, b) = (out["attn_split"].f32(), out["attn_whole"].f32());
-        for (x, y) in a.iter().zip(b) {
-            assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{x} vs {y}");
+        for tag in ["", "_windowed"] {
+            let split = &out[&format!("attn_split{tag}")];
+            let whole = &out[&format!("attn_whole{tag}")];
+            assert_eq!(split.shape, whole.shape);
+            for (x, y) in split.f32().iter().zip(whole.f32()) {
+                assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{tag}: {x} vs {y}");
+            }
         }
+        assert_eq!(out["attn_whole_windowed"].shape, [3, 6, 5]);
     }
 
     #[test]

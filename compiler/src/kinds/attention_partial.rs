@@ -66,6 +66,16 @@ pub(super) fn encode(cx: &Encoder, op: &FusedOp) -> Result<AttentionPartialArgs,
     let (q_norm, eps, rope_theta) = cx.head_prologue(op)?;
     let q = cx.shape(cx.input(p, AttentionPartial::Q));
     let cache = cx.shape(cx.input(p, AttentionPartial::K_CACHE));
+    // The template attends to the whole causal context with values as wide as the keys.
+    if att.window != 0 {
+        return Err(cx.shape_error(op, "sliding-window attention has no CUDA template yet"));
+    }
+    if cx.shape(cx.input(p, AttentionPartial::V_CACHE))[2] != cache[2] {
+        return Err(cx.shape_error(
+            op,
+            "values narrower than the keys have no CUDA template yet",
+        ));
+    }
     Ok(AttentionPartialArgs {
         q_raw: cx.arena(cx.raw_projection(cx.input(p, AttentionPartial::Q)))?,
         positions: cx.arena(positions)?,
@@ -88,4 +98,48 @@ pub(super) fn encode(cx: &Encoder, op: &FusedOp) -> Result<AttentionPartialArgs,
         rope_theta,
         scale: att.scale,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use mimo_ir::model::decode_graph;
+    use mimo_ir::{Architecture, Graph, ModelSpec};
+
+    use crate::abi::{AbiError, encode};
+    use crate::{CompileOptions, Machine, compile};
+
+    /// The tiny model's decode graph with attribute `attr` of every `op` set to `value`.
+    fn edited_decode_graph(op: &str, attr: &str, value: usize) -> Graph {
+        let graph = decode_graph(&ModelSpec::tiny(Architecture::Qwen3Moe), 1, 16).unwrap();
+        let mut doc = graph.to_json();
+        for node in doc["nodes"].as_array_mut().unwrap() {
+            if node["op"] == op {
+                node["attrs"][attr] = value.into();
+            }
+        }
+        Graph::from_json(&doc).unwrap()
+    }
+
+    /// Sliding windows and partial rotary embeddings (MiMo-V2's) compile for the CPU schedule
+    /// executor, and are refused, naming the op, where the megakernel has no template for them.
+    #[test]
+    fn mimo_attention_features_compile_but_have_no_template_yet() {
+        let opts = CompileOptions::for_machine(Machine {
+            workers: 4,
+            ..Machine::h100()
+        });
+        for (op, attr, value, why) in [
+            ("attention", "window", 4, "sliding-window attention"),
+            ("rope", "rotary_dim", 8, "partial rotary embedding"),
+        ] {
+            let program = compile(&edited_decode_graph(op, attr, value), &opts).unwrap();
+            match encode(&program) {
+                Err(AbiError::Shape { op, message }) => {
+                    assert!(op.starts_with("layers.0."), "{op}");
+                    assert_eq!(message, format!("{why} has no CUDA template yet"));
+                }
+                other => panic!("{attr}: expected a refusal, got {other:?}"),
+            }
+        }
+    }
 }

@@ -58,6 +58,12 @@ pub(super) fn encode(cx: &Encoder, op: &FusedOp) -> Result<KvAppendArgs, AbiErro
     }
     let (k_norm, eps, rope_theta) = cx.head_prologue(op)?;
     let cache = cx.shape(cx.input(k_app, KvAppend::CACHE));
+    if cx.shape(cx.input(v_app, KvAppend::CACHE)) != cache {
+        return Err(cx.shape_error(
+            op,
+            "values narrower than the keys have no CUDA template yet",
+        ));
+    }
     Ok(KvAppendArgs {
         k_raw: cx.arena(cx.raw_projection(cx.input(k_app, KvAppend::NEW)))?,
         v_raw: cx.arena(cx.raw_projection(cx.input(v_app, KvAppend::NEW)))?,

@@ -413,7 +413,13 @@ impl Encoder<'_> {
     /// The optional per-head norm (weight, eps) before the group's rope, and the rope's theta.
     pub fn head_prologue(&self, op: &FusedOp) -> Result<(WeightIndex, f32, f32), AbiError> {
         let rope = self.one::<Rope>(op)?;
-        let theta = self.attrs::<Rope>(rope).map_or(0.0, |r| r.theta as f32);
+        let attrs = self.attrs::<Rope>(rope).expect("a member of its type");
+        // The templates rotate every dim of a head.
+        let head_dim = self.shape(self.input(rope, Rope::X))[2];
+        if attrs.rotating(head_dim) != head_dim {
+            return Err(self.shape_error(op, "partial rotary embedding has no CUDA template yet"));
+        }
+        let theta = attrs.theta as f32;
         let (norm, eps) = match self.whole_norm(op) {
             Some(n) => self.norm(n)?,
             None => (NONE, 0.0),

@@ -213,6 +213,7 @@ impl ModelGraph<'_> {
                     &p(&format!("{what}_rope")),
                     Rope {
                         theta: s.rope_theta,
+                        rotary_dim: 0,
                     },
                     &[v, positions],
                 )?;
@@ -235,7 +236,7 @@ impl ModelGraph<'_> {
         let scale = 1.0 / (s.head_dim as f32).sqrt();
         let attn = self.b.op1(
             &p("attention"),
-            Attention { scale },
+            Attention { scale, window: 0 },
             &[q, k_all, v_all, positions],
         )?;
         let flat = self.b.op1(

@@ -9,15 +9,32 @@ use crate::math::{axis_region, dot, softmax};
 use crate::op::{Access, Io, Op, expect_arity, whole};
 use crate::{DType, Tensor, TensorType};
 
-/// Query `t` (at absolute position `positions[t]`) attends to cache rows `0..=positions[t]`;
-/// query head `h` reads KV head `h / (heads / kv_heads)`. Softmax in f32.
+/// Query `t` (at absolute position `positions[t]`) attends to the cache rows
+/// [`context_rows`]`(positions[t], window)`; query head `h` reads KV head `h / (heads /
+/// kv_heads)`. Softmax in f32. Values may be narrower than queries and keys (MiMo-V2: 128 of
+/// 192): the result has the values' head dim.
 #[op(name = "attention", inputs(q, k_cache, v_cache, positions), outputs(y))]
 pub struct Attention {
     pub scale: f32,
+    /// Sliding-window attention: how many rows a query sees, itself included (transformers'
+    /// `sliding_window`); 0 for all of `0..=position`.
+    #[serde(default)]
+    pub window: usize,
 }
 
-/// The operands every attention op takes: q [tokens, heads, head_dim], K and V caches
-/// [context, kv_heads dividing heads, head_dim], positions i32 `[tokens]`.
+/// The cache rows a query at `position` attends to: `0..=position`, or with a sliding `window`
+/// (> 0) only the last `window` of them.
+pub fn context_rows(position: usize, window: usize) -> Range<usize> {
+    let end = position + 1;
+    match window {
+        0 => 0..end,
+        w => end.saturating_sub(w)..end,
+    }
+}
+
+/// The operands every attention op takes: q [tokens, heads, head_dim], the K cache [context,
+/// kv_heads dividing heads, head_dim], the V cache [context, kv_heads, v_head_dim], positions i32
+/// `[tokens]`.
 pub fn check_attention_operands(
     q: &TensorType,
     k: &TensorType,
@@ -39,10 +56,10 @@ pub fn check_attention_operands(
             q.shape[1], q.shape[2]
         ));
     }
-    if v.shape != k.shape {
+    if v.rank() != 3 || v.shape[..2] != k.shape[..2] || v.shape[2] == 0 {
         return Err(format!(
-            "v_cache must have k_cache's shape {:?}, got {v}",
-            k.shape
+            "v_cache must be [{}, {}, v_head_dim], got {v}",
+            k.shape[0], k.shape[1]
         ));
     }
     if pos.dtype != DType::I32 || pos.shape != [q.shape[0]] {
@@ -61,7 +78,8 @@ impl Op for Attention {
             &inputs[Self::V_CACHE],
             &inputs[Self::POSITIONS],
         )?;
-        Ok(vec![TensorType::f32(q.shape.clone())])
+        let dv = inputs[Self::V_CACHE].shape[2];
+        Ok(vec![TensorType::f32([q.shape[0], q.shape[1], dv])])
     }
 
     fn work_units(&self, io: Io<'_>) -> usize {
@@ -97,6 +115,7 @@ impl Op for Attention {
         let pos = inputs[Self::POSITIONS].i32();
         let (t_len, heads, hd) = (q.shape[0], q.shape[1], q.shape[2]);
         let kvh = inputs[Self::K_CACHE].shape[1];
+        let dv = inputs[Self::V_CACHE].shape[2];
         let group = heads / kvh;
         let q = q.f32();
         // One [hd] result per (token, head) of the tile, computed in parallel.
@@ -108,14 +127,15 @@ impl Op for Attention {
             .map(|&(t, h)| {
                 let kv = h / group;
                 let qv = &q[(t * heads + h) * hd..][..hd];
-                let len = pos[t] as usize + 1;
-                let mut scores: Vec<f32> = (0..len)
+                let rows = context_rows(pos[t] as usize, self.window);
+                let mut scores: Vec<f32> = rows
+                    .clone()
                     .map(|j| dot(qv, &k[(j * kvh + kv) * hd..][..hd]) * self.scale)
                     .collect();
                 softmax(&mut scores);
-                let mut out = vec![0.0f32; hd];
-                for (j, p) in scores.iter().enumerate() {
-                    for (o, x) in out.iter_mut().zip(&v[(j * kvh + kv) * hd..][..hd]) {
+                let mut out = vec![0.0f32; dv];
+                for (j, p) in rows.zip(&scores) {
+                    for (o, x) in out.iter_mut().zip(&v[(j * kvh + kv) * dv..][..dv]) {
                         *o += p * x;
                     }
                 }
@@ -124,7 +144,91 @@ impl Op for Attention {
             .collect();
         let y = outputs[Self::Y].f32_mut();
         for (&(t, h), r) in pairs.iter().zip(results) {
-            y[(t * heads + h) * hd..][..hd].copy_from_slice(&r);
+            y[(t * heads + h) * dv..][..dv].copy_from_slice(&r);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::math::Rng;
+
+    /// One attention op of `window` over `k` [ctx, 2, 4] and `v` [ctx, 2, dv] for 4 query heads.
+    fn attend(window: usize, q: &Tensor, k: &Tensor, v: &Tensor, positions: &[i32]) -> Tensor {
+        let op = Attention { scale: 0.5, window };
+        let pos = Tensor::from_i32([positions.len()], positions.to_vec());
+        let ty = |t: &Tensor| {
+            let dtype = if t.is_i32() { DType::I32 } else { DType::F32 };
+            TensorType::new(t.shape.clone(), dtype)
+        };
+        let types: Vec<TensorType> = [q, k, v, &pos].into_iter().map(ty).collect();
+        let mut out: Vec<Tensor> = op
+            .infer(&types)
+            .unwrap()
+            .iter()
+            .map(Tensor::zeros)
+            .collect();
+        op.reference(&[q, k, v, &pos], &mut out, 0..4);
+        out.remove(0)
+    }
+
+    fn random(shape: [usize; 3], rng: &mut Rng) -> Tensor {
+        let n = shape.iter().product();
+        Tensor::from_f32(shape, (0..n).map(|_| rng.normal(1.0)).collect())
+    }
+
+    /// Rows `rows` of a cache.
+    fn rows_of(t: &Tensor, rows: Range<usize>) -> Tensor {
+        let row = t.shape[1] * t.shape[2];
+        let data = t.f32()[rows.start * row..rows.end * row].to_vec();
+        Tensor::from_f32([rows.len(), t.shape[1], t.shape[2]], data)
+    }
+
+    #[test]
+    fn a_sliding_window_sees_the_query_and_the_rows_before_it() {
+        assert_eq!(context_rows(5, 0), 0..6);
+        assert_eq!(context_rows(5, 3), 3..6);
+        assert_eq!(context_rows(1, 4), 0..2);
+        assert_eq!(context_rows(0, 1), 0..1);
+        let mut rng = Rng::new(7);
+        let (q, k, v) = (
+            random([1, 4, 4], &mut rng),
+            random([9, 2, 4], &mut rng),
+            random([9, 2, 3], &mut rng),
+        );
+        // The result has the values' head dim.
+        assert_eq!(attend(0, &q, &k, &v, &[6]).shape, [1, 4, 3]);
+        // A window of one: the query's own row, whatever the scores.
+        let own = attend(1, &q, &k, &v, &[6]);
+        for h in 0..4 {
+            let kv = h / 2;
+            assert_eq!(&own.f32()[h * 3..][..3], &v.f32()[(6 * 2 + kv) * 3..][..3]);
+        }
+        // A window at least as long as the context is the whole causal context.
+        assert_eq!(attend(7, &q, &k, &v, &[6]), attend(0, &q, &k, &v, &[6]));
+        // A window of 3 at position 6: the full attention of a cache holding rows 4..=6 only.
+        let windowed = attend(3, &q, &k, &v, &[6]);
+        let cut = attend(0, &q, &rows_of(&k, 4..7), &rows_of(&v, 4..7), &[2]);
+        for (a, b) in windowed.f32().iter().zip(cut.f32()) {
+            assert!((a - b).abs() <= 1e-6, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn values_must_share_the_keys_rows_and_heads() {
+        let op = Attention {
+            scale: 1.0,
+            window: 0,
+        };
+        let err = op
+            .infer(&[
+                TensorType::f32([1, 4, 8]),
+                TensorType::f32([6, 2, 8]),
+                TensorType::f32([6, 1, 8]),
+                TensorType::i32([1]),
+            ])
+            .unwrap_err();
+        assert_eq!(err, "v_cache must be [6, 2, v_head_dim], got f32[6, 1, 8]");
     }
 }

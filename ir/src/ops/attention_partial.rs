@@ -5,17 +5,17 @@ use std::ops::Range;
 
 use mimo_macros::op;
 
-use super::attention::check_attention_operands;
+use super::attention::{check_attention_operands, context_rows};
 use crate::math::{axis_region, dot};
 use crate::op::{Access, Cost, Io, Op, expect_arity, whole};
 use crate::{Tensor, TensorType};
 
-/// For query `t` the context is `0..=positions[t]` (length `L`); split `s` covers rows
-/// `s*L/splits .. (s+1)*L/splits`, so the parts stay balanced at every length while the number
-/// of tiles is fixed at compile time. Unit `u` is KV head `u / splits`, split `u % splits`, and
+/// For query `t` the context is [`context_rows`]`(positions[t], window)` (`L` rows from `r0`);
+/// split `s` covers rows `r0 + s*L/splits .. r0 + (s+1)*L/splits`, so the parts stay balanced at
+/// every length while the number of tiles is fixed at compile time. Unit `u` is KV head `u / splits`, split `u % splits`, and
 /// serves the `heads / kv_heads` query heads of that KV head (which then read K and V once).
 ///
-/// Results: `acc` [tokens, heads, splits, head_dim] = `sum_j exp(s_j - m) v_j` and `ml`
+/// Results: `acc` [tokens, heads, splits, v_head_dim] = `sum_j exp(s_j - m) v_j` and `ml`
 /// [tokens, heads, splits, 2] = (`m` = the part's largest score, `l` = `sum_j exp(s_j - m)`);
 /// an empty part has `m = -inf`, `l = 0`.
 #[op(
@@ -26,12 +26,17 @@ use crate::{Tensor, TensorType};
 pub struct AttentionPartial {
     pub scale: f32,
     pub splits: usize,
+    /// As [`super::Attention::window`]: 0 for the whole causal context.
+    #[serde(default)]
+    pub window: usize,
 }
 
 impl AttentionPartial {
-    /// The rows of a context of `len` positions that split `s` covers.
-    pub fn split_rows(&self, len: usize, s: usize) -> Range<usize> {
-        s * len / self.splits..(s + 1) * len / self.splits
+    /// The rows split `s` covers for a query at `position`.
+    pub fn split_rows(&self, position: usize, s: usize) -> Range<usize> {
+        let rows = context_rows(position, self.window);
+        let len = rows.len();
+        rows.start + s * len / self.splits..rows.start + (s + 1) * len / self.splits
     }
 
     fn group(io: Io<'_>) -> usize {
@@ -52,7 +57,7 @@ impl Op for AttentionPartial {
         if self.splits == 0 {
             return Err("splits must be at least 1".into());
         }
-        let (t, h, d) = (q.shape[0], q.shape[1], q.shape[2]);
+        let (t, h, d) = (q.shape[0], q.shape[1], inputs[Self::V_CACHE].shape[2]);
         Ok(vec![
             TensorType::f32([t, h, self.splits, d]),
             TensorType::f32([t, h, self.splits, 2]),
@@ -116,6 +121,7 @@ impl Op for AttentionPartial {
         let pos = inputs[Self::POSITIONS].i32();
         let (tokens, heads, hd) = (q.shape[0], q.shape[1], q.shape[2]);
         let kvh_n = inputs[Self::K_CACHE].shape[1];
+        let dv = inputs[Self::V_CACHE].shape[2];
         let g = heads / kvh_n;
         let q = q.f32();
         let splits = self.splits;
@@ -124,7 +130,7 @@ impl Op for AttentionPartial {
         for u in units {
             let (kvh, s) = (u / splits, u % splits);
             for t in 0..tokens {
-                let rows = self.split_rows(pos[t] as usize + 1, s);
+                let rows = self.split_rows(pos[t] as usize, s);
                 for h in kvh * g..(kvh + 1) * g {
                     let qv = &q[(t * heads + h) * hd..][..hd];
                     let scores: Vec<f32> = rows
@@ -133,13 +139,13 @@ impl Op for AttentionPartial {
                         .collect();
                     let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     let slot = (t * heads + h) * splits + s;
-                    let out = &mut acc[slot * hd..][..hd];
+                    let out = &mut acc[slot * dv..][..dv];
                     out.fill(0.0);
                     let mut l = 0.0;
                     for (j, sc) in rows.clone().zip(&scores) {
                         let p = (sc - m).exp();
                         l += p;
-                        for (o, x) in out.iter_mut().zip(&v[(j * kvh_n + kvh) * hd..][..hd]) {
+                        for (o, x) in out.iter_mut().zip(&v[(j * kvh_n + kvh) * dv..][..dv]) {
                             *o += p * x;
                         }
                     }
@@ -152,9 +158,13 @@ impl Op for AttentionPartial {
 
     fn cost(&self, io: Io<'_>, units: Range<usize>) -> Cost {
         // Each unit reads its share of the cache rows of one KV head: 1/splits of the context
-        // (counted at full context, the worst case), keys and values.
+        // (counted at full context or window, the worst case), keys and values.
         let k = &io.inputs[Self::K_CACHE];
-        let (ctx, hd) = (k.shape[0] as f64, k.shape[2] as f64);
+        let rows = match self.window {
+            0 => k.shape[0],
+            w => w.min(k.shape[0]),
+        };
+        let (ctx, hd) = (rows as f64, k.shape[2] as f64);
         let t = io.inputs[Self::Q].shape[0] as f64;
         let g = Self::group(io) as f64;
         let n = units.len() as f64;

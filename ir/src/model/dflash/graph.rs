@@ -188,7 +188,14 @@ impl DraftGraph<'_> {
         }
         if let Some(pos) = rope_positions {
             let theta = d.rope_theta;
-            v = self.b.op1(&p("rope"), Rope { theta }, &[v, pos])?;
+            v = self.b.op1(
+                &p("rope"),
+                Rope {
+                    theta,
+                    rotary_dim: 0,
+                },
+                &[v, pos],
+            )?;
         }
         Ok(v)
     }
@@ -237,7 +244,7 @@ impl DraftGraph<'_> {
         let scale = 1.0 / (d.head_dim as f32).sqrt();
         let attn = self.b.op1(
             &p("attention"),
-            Attention { scale },
+            Attention { scale, window: 0 },
             &[q, k_all, v_all, pos.attn],
         )?;
         let shape = vec![block, d.q_dim()];
