@@ -3,7 +3,7 @@
 
 use mimo_ir::ops::ArgmaxCombine;
 
-use super::{Encoder, OpTypes};
+use super::{Encoder, OpTypes, op_type};
 use crate::abi::{AbiError, ArenaOffset, CStruct};
 use crate::fuse::FusedOp;
 
@@ -21,7 +21,7 @@ pub struct ArgmaxCombineArgs {
 }
 
 pub(super) fn fuses(ops: &OpTypes) -> bool {
-    ops.has::<ArgmaxCombine>()
+    ops.has::<ArgmaxCombine>() && ops.only(&[op_type::<ArgmaxCombine>()])
 }
 
 pub(super) fn encode(cx: &Encoder, op: &FusedOp) -> Result<ArgmaxCombineArgs, AbiError> {

@@ -9,7 +9,7 @@
 
 use mimo_ir::ops::AttentionPartial;
 
-use super::{Encoder, KernelShape, OpTypes, smem};
+use super::{Encoder, KernelShape, OpTypes, head_prologue_and, op_type, smem};
 use crate::abi::{AbiError, ArenaOffset, CStruct, NONE, StateOffset, WeightIndex};
 use crate::fuse::FusedOp;
 
@@ -45,7 +45,7 @@ pub struct AttentionPartialArgs {
 }
 
 pub(super) fn fuses(ops: &OpTypes) -> bool {
-    ops.has::<AttentionPartial>()
+    ops.has::<AttentionPartial>() && ops.only(&head_prologue_and(op_type::<AttentionPartial>()))
 }
 
 /// Per KV head: q and acc [G][HD], scores [G][256], m, l, alpha [G] (G = HEADS / KVH), f32.

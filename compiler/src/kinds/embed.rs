@@ -3,7 +3,7 @@
 
 use mimo_ir::ops::Embedding;
 
-use super::{Encoder, OpTypes};
+use super::{Encoder, OpTypes, op_type};
 use crate::abi::{AbiError, ArenaOffset, CStruct, WeightIndex};
 use crate::fuse::FusedOp;
 
@@ -22,7 +22,7 @@ pub struct EmbedArgs {
 }
 
 pub(super) fn fuses(ops: &OpTypes) -> bool {
-    ops.has::<Embedding>()
+    ops.has::<Embedding>() && ops.only(&[op_type::<Embedding>()])
 }
 
 pub(super) fn encode(cx: &Encoder, op: &FusedOp) -> Result<EmbedArgs, AbiError> {

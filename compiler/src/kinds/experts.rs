@@ -10,7 +10,7 @@
 
 use mimo_ir::ops::{Add, ExpertLinear, RmsNorm, RouterTopK, SiluMul, WeightedSum};
 
-use super::{Encoder, KernelShape, OpTypes, smem};
+use super::{Encoder, KernelShape, OpTypes, op_type, smem};
 use crate::abi::{AbiError, ArenaOffset, CStruct, WeightIndex};
 use crate::fuse::FusedOp;
 
@@ -65,11 +65,23 @@ pub struct ExpertDownArgs {
 }
 
 pub(super) fn fuses_gate_up(ops: &OpTypes) -> bool {
-    ops.has::<ExpertLinear>() && ops.has::<SiluMul>()
+    let members = [
+        op_type::<ExpertLinear>(),
+        op_type::<SiluMul>(),
+        op_type::<RouterTopK>(),
+        op_type::<RmsNorm>(),
+    ];
+    ops.has::<ExpertLinear>() && ops.has::<SiluMul>() && ops.only(&members)
 }
 
 pub(super) fn fuses_down(ops: &OpTypes) -> bool {
-    ops.has::<ExpertLinear>() && ops.has::<WeightedSum>()
+    let members = [
+        op_type::<ExpertLinear>(),
+        op_type::<WeightedSum>(),
+        op_type::<RouterTopK>(),
+        op_type::<Add>(),
+    ];
+    ops.has::<ExpertLinear>() && ops.has::<WeightedSum>() && ops.only(&members)
 }
 
 /// The routing table and the normed rows of H staged whole.

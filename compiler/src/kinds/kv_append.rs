@@ -5,7 +5,7 @@
 use mimo_ir::Value;
 use mimo_ir::ops::{KvAppend, Rope};
 
-use super::{Encoder, OpTypes};
+use super::{Encoder, OpTypes, head_prologue_and, op_type};
 use crate::abi::{AbiError, ArenaOffset, CStruct, StateOffset, WeightIndex};
 use crate::fuse::FusedOp;
 
@@ -34,7 +34,7 @@ pub struct KvAppendArgs {
 }
 
 pub(super) fn fuses(ops: &OpTypes) -> bool {
-    ops.has::<KvAppend>()
+    ops.has::<KvAppend>() && ops.only(&head_prologue_and(op_type::<KvAppend>()))
 }
 
 pub(super) fn encode(cx: &Encoder, op: &FusedOp) -> Result<KvAppendArgs, AbiError> {

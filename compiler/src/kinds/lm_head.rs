@@ -2,9 +2,9 @@
 //! for every whole chunk c of CHUNK vocabulary entries in the tile: the chunk's largest logit and
 //! its index (the first on ties). Tiles are aligned to CHUNK. Units: vocabulary entries (V).
 
-use mimo_ir::ops::{ArgmaxPartial, Linear};
+use mimo_ir::ops::{ArgmaxPartial, Linear, RmsNorm};
 
-use super::{Encoder, KernelShape, OpTypes, smem};
+use super::{Encoder, KernelShape, OpTypes, op_type, smem};
 use crate::abi::{AbiError, ArenaOffset, CStruct, WeightIndex};
 use crate::fuse::{FusedOp, UnitMap};
 
@@ -32,6 +32,11 @@ pub struct LmHeadArgs {
 
 pub(super) fn fuses(ops: &OpTypes) -> bool {
     ops.has::<ArgmaxPartial>()
+        && ops.only(&[
+            op_type::<ArgmaxPartial>(),
+            op_type::<Linear>(),
+            op_type::<RmsNorm>(),
+        ])
 }
 
 /// The normed rows of H staged whole.

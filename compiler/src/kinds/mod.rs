@@ -5,7 +5,8 @@
 //! `OpArgs` union and the kernel's dispatch (`MIMO_TASK_KINDS`) are all generated from it, in
 //! its order.
 //!
-//! Adding a fused kind: a module here with its `fuses`, its `#[derive(CStruct)]` operands, its
+//! Adding a fused kind: a module here with its `fuses` (naming every op type its template
+//! implements, see [`classify`]), its `#[derive(CStruct)]` operands, its
 //! `encode` and its `shared_memory`; one line in the list; and its device function
 //! `run_<name>(const KernelParams&, const <Args>&, u32 unit_begin, u32 unit_end, u8* smem)` in
 //! `templates/ops/<name>.cuh`, included by `templates/megakernel.cu`.
@@ -31,7 +32,7 @@ use std::any::TypeId;
 use std::collections::BTreeSet;
 
 use mimo_ir::graph::{NodeKind, Value};
-use mimo_ir::ops::{Linear, RmsNorm, Rope};
+use mimo_ir::ops::{Linear, Reshape, RmsNorm, Rope};
 use mimo_ir::{Graph, Op};
 use petgraph::graph::NodeIndex;
 use serde::{Deserialize, Serialize};
@@ -83,7 +84,9 @@ macro_rules! task_kinds {
         }
 
         /// The kind of a group whose members are ops of `types`: the first kind in the list
-        /// that fuses them.
+        /// that fuses them. A kind fuses a group only when its template implements every member
+        /// (`OpTypes::only`): a group with any other op is `Generic`, refused on the megakernel
+        /// with an error naming it, never run with the op silently left out.
         pub fn classify(types: &OpTypes) -> FusedKind {
             $(if $fuses(types) {
                 return FusedKind::$variant;
@@ -254,6 +257,17 @@ impl OpTypes {
     pub fn only(&self, allowed: &[TypeId]) -> bool {
         self.0.iter().all(|t| allowed.contains(t))
     }
+}
+
+/// The ops a per-head prologue (the q or k path of attention) is made of, and `op`: the
+/// projection's reshape into heads, the optional per-head norm and the rope.
+fn head_prologue_and(op: TypeId) -> [TypeId; 4] {
+    [
+        op,
+        op_type::<Reshape>(),
+        op_type::<RmsNorm>(),
+        op_type::<Rope>(),
+    ]
 }
 
 /// The type of op `T`, for [`OpTypes::only`].

@@ -3,9 +3,9 @@
 //! (M = max m_s, skipping l_s == 0), flattened to [T, HEADS*HD]; then
 //! out = residual + attn @ wo^T. Units: output features (H).
 
-use mimo_ir::ops::{Add, AttentionCombine, Linear};
+use mimo_ir::ops::{Add, AttentionCombine, Linear, Reshape};
 
-use super::{Encoder, KernelShape, OpTypes, smem};
+use super::{Encoder, KernelShape, OpTypes, op_type, smem};
 use crate::abi::{AbiError, ArenaOffset, CStruct, WeightIndex};
 use crate::fuse::FusedOp;
 
@@ -31,7 +31,14 @@ pub struct OprojResidualArgs {
 }
 
 pub(super) fn fuses(ops: &OpTypes) -> bool {
-    ops.has::<AttentionCombine>() && ops.has::<Linear>()
+    ops.has::<AttentionCombine>()
+        && ops.has::<Linear>()
+        && ops.only(&[
+            op_type::<AttentionCombine>(),
+            op_type::<Linear>(),
+            op_type::<Reshape>(),
+            op_type::<Add>(),
+        ])
 }
 
 /// The merged attention rows (HEADS * HD) staged whole.

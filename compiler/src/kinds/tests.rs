@@ -161,3 +161,59 @@ fn tiny_dflash_programs_fuse_into_these_kinds() {
     want.extend([LmHead, ArgmaxCombine]);
     assert_eq!(kinds(&draft_g), want);
 }
+
+/// Every group the test models fuse into a kind stops being that kind (and becomes `Generic`,
+/// which the megakernel refuses by name) as soon as it holds one op more that its template does
+/// not implement: no kind runs a group with an op silently left out.
+#[test]
+fn a_group_with_an_op_its_template_lacks_is_generic() {
+    use mimo_ir::Op;
+    use mimo_ir::ops::{Accept, Embedding};
+
+    use super::{OpTypes, classify};
+
+    let mut kinds_seen = std::collections::BTreeSet::new();
+    for (_, target, draft) in models() {
+        let mut gs = graphs(&target, &draft, 64);
+        gs.push((
+            "decode",
+            mimo_ir::model::decode_graph(&target, 1, 64).unwrap(),
+        ));
+        for (name, g) in gs {
+            for workers in [1, 4, 132] {
+                let opts = CompileOptions::for_machine(Machine {
+                    workers,
+                    ..Machine::h100()
+                });
+                let p = compile(&g, &opts).unwrap();
+                for op in &p.ops {
+                    let members: Vec<&dyn Op> = op
+                        .members
+                        .iter()
+                        .map(|m| &**p.graph.node(NodeIndex::new(m.node)).op().unwrap())
+                        .collect();
+                    assert_eq!(classify(&OpTypes::of(members.iter().copied())), op.kind);
+                    if op.kind == FusedKind::Generic {
+                        continue;
+                    }
+                    kinds_seen.insert(format!("{:?}", op.kind));
+                    let foreign: &dyn Op = if op.kind == FusedKind::Accept {
+                        &Embedding {}
+                    } else {
+                        &Accept {}
+                    };
+                    let with = OpTypes::of(members.iter().copied().chain([foreign]));
+                    assert_eq!(
+                        classify(&with),
+                        FusedKind::Generic,
+                        "{name} on {workers} workers: `{}` ({:?}) with `{}` added",
+                        op.name,
+                        op.kind,
+                        foreign.name()
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(kinds_seen.len(), super::KINDS.len(), "{kinds_seen:?}");
+}

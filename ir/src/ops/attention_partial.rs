@@ -12,8 +12,9 @@ use crate::{Tensor, TensorType};
 
 /// For query `t` the context is [`context_rows`]`(positions[t], window)` (`L` rows from `r0`);
 /// split `s` covers rows `r0 + s*L/splits .. r0 + (s+1)*L/splits`, so the parts stay balanced at
-/// every length while the number of tiles is fixed at compile time. Unit `u` is KV head `u / splits`, split `u % splits`, and
-/// serves the `heads / kv_heads` query heads of that KV head (which then read K and V once).
+/// every length while the number of tiles is fixed at compile time. Unit `u` is KV head
+/// `u / splits`, split `u % splits`, and serves the `heads / kv_heads` query heads of that KV
+/// head (which then read K and V once).
 ///
 /// Results: `acc` [tokens, heads, splits, v_head_dim] = `sum_j exp(s_j - m) v_j` and `ml`
 /// [tokens, heads, splits, 2] = (`m` = the part's largest score, `l` = `sum_j exp(s_j - m)`);
