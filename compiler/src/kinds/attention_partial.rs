@@ -77,7 +77,7 @@ pub(super) fn encode(cx: &Encoder, op: &FusedOp) -> Result<AttentionPartialArgs,
         ));
     }
     Ok(AttentionPartialArgs {
-        q_raw: cx.arena(cx.raw_projection(cx.input(p, AttentionPartial::Q)))?,
+        q_raw: cx.arena(cx.raw_projection(op, cx.input(p, AttentionPartial::Q))?)?,
         positions: cx.arena(positions)?,
         acc: cx.arena_out(p, AttentionPartial::ACC)?,
         ml: cx.arena_out(p, AttentionPartial::ML)?,
@@ -140,6 +140,69 @@ mod tests {
                 }
                 other => panic!("{attr}: expected a refusal, got {other:?}"),
             }
+        }
+    }
+
+    /// An op between the value projection and its cache append that the attention templates
+    /// would skip is refused: MiMo-V2's value scale, a group of its own with no template, and an
+    /// add after the projection, likewise.
+    #[test]
+    fn an_op_on_the_value_path_is_not_skipped() {
+        use mimo_ir::graph::GraphBuilder;
+        use mimo_ir::ops::{Add, Attention, KvAppend, Linear, Reshape, Rope, Scale};
+        use mimo_ir::{DType, TensorType};
+
+        let (h, heads, hd, ctx) = (32, 2, 16, 8);
+        for (extra, message) in [
+            ("v_scaled", "fused op `v_scaled` has no CUDA template"),
+            ("v_shifted", "fused op `v_shifted` has no CUDA template"),
+        ] {
+            let mut b = GraphBuilder::new("value_path");
+            let x = b.input("x", TensorType::f32([1, h])).unwrap();
+            let shift = b.input("shift", TensorType::f32([1, heads * hd])).unwrap();
+            let pos = b.input("positions", TensorType::i32([1])).unwrap();
+            let heads_of = |b: &mut GraphBuilder, name: &str, value: bool| {
+                let w = b.weight(name, TensorType::f32([heads * hd, h])).unwrap();
+                let mut proj = b.op1(&format!("{name}_proj"), Linear {}, &[x, w]).unwrap();
+                if value && extra == "v_shifted" {
+                    proj = b.op1(extra, Add {}, &[proj, shift]).unwrap();
+                }
+                let shape = vec![1, heads, hd];
+                let v = b.op1(&format!("{name}_heads"), Reshape { shape }, &[proj]);
+                let v = v.unwrap();
+                if value {
+                    return match extra {
+                        "v_scaled" => b.op1(extra, Scale { factor: 0.707 }, &[v]).unwrap(),
+                        _ => v,
+                    };
+                }
+                let rope = Rope {
+                    theta: 1e4,
+                    rotary_dim: 0,
+                };
+                b.op1(&format!("{name}_rope"), rope, &[v, pos]).unwrap()
+            };
+            let q = heads_of(&mut b, "q", false);
+            let k = heads_of(&mut b, "k", false);
+            let v = heads_of(&mut b, "v", true);
+            let cache = TensorType::new([ctx, heads, hd], DType::Bf16);
+            let kc = b.state("k_cache", cache.clone()).unwrap();
+            let vc = b.state("v_cache", cache).unwrap();
+            let k_all = b.op1("k_append", KvAppend {}, &[kc, k, pos]).unwrap();
+            let v_all = b.op1("v_append", KvAppend {}, &[vc, v, pos]).unwrap();
+            let att = Attention {
+                scale: 0.25,
+                window: 0,
+            };
+            let y = b.op1("attention", att, &[q, k_all, v_all, pos]).unwrap();
+            b.output("y", y).unwrap();
+            let opts = CompileOptions::for_machine(Machine {
+                workers: 4,
+                ..Machine::h100()
+            });
+            let program = compile(&b.finish().unwrap(), &opts).unwrap();
+            let err = encode(&program).unwrap_err().to_string();
+            assert!(err.contains(message), "{extra}: {err}");
         }
     }
 }

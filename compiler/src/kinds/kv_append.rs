@@ -65,8 +65,8 @@ pub(super) fn encode(cx: &Encoder, op: &FusedOp) -> Result<KvAppendArgs, AbiErro
         ));
     }
     Ok(KvAppendArgs {
-        k_raw: cx.arena(cx.raw_projection(cx.input(k_app, KvAppend::NEW)))?,
-        v_raw: cx.arena(cx.raw_projection(cx.input(v_app, KvAppend::NEW)))?,
+        k_raw: cx.arena(cx.raw_projection(op, cx.input(k_app, KvAppend::NEW))?)?,
+        v_raw: cx.arena(cx.raw_projection(op, cx.input(v_app, KvAppend::NEW))?)?,
         positions: cx.arena(positions)?,
         k_cache: cx.state(cx.input(k_app, KvAppend::CACHE))?,
         v_cache: cx.state(cx.input(v_app, KvAppend::CACHE))?,

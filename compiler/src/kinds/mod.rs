@@ -463,16 +463,27 @@ impl Encoder<'_> {
     }
 
     /// The projection `v` is computed from through reshapes, norms and ropes: the raw
-    /// projection output a head prologue starts from.
-    pub fn raw_projection(&self, mut v: Value) -> Value {
-        while self
-            .node(v.node.index())
-            .op()
-            .is_some_and(|o| !o.as_any().is::<Linear>())
-        {
+    /// projection output a head prologue starts from. Any other op on the way (one the prologue
+    /// would not apply) is refused. (Today such an op is a group of its own that no kind
+    /// fuses, refused before this; the check keeps a future kind that could encode it from being
+    /// read past.)
+    pub fn raw_projection(&self, op: &FusedOp, mut v: Value) -> Result<Value, AbiError> {
+        loop {
+            let Some(o) = self.node(v.node.index()).op() else {
+                return Ok(v);
+            };
+            let o = o.as_any();
+            if o.is::<Linear>() {
+                return Ok(v);
+            }
+            if !(o.is::<Reshape>() || o.is::<RmsNorm>() || o.is::<Rope>()) {
+                let name = &self.node(v.node.index()).name;
+                return Err(
+                    self.shape_error(op, format!("its head prologue cannot apply `{name}`"))
+                );
+            }
             v = self.input(v.node.index(), 0);
         }
-        v
     }
 
     /// The value `v` is, or, when `v` is the result of one of `op`'s whole `rms_norm` members,

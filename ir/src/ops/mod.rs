@@ -19,6 +19,7 @@ pub mod reshape;
 pub mod rms_norm;
 pub mod rope;
 pub mod router_topk;
+pub mod scale;
 pub mod silu_mul;
 pub mod weighted_sum;
 
