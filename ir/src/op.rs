@@ -42,6 +42,24 @@ pub fn whole(ty: &TensorType) -> Region {
     ty.shape.iter().map(|&d| 0..d).collect()
 }
 
+/// How an elementwise op tiles: its units are the columns (last axis) of result `y`; a tile
+/// writes those columns of every row and reads the same region of each operand in `reads`
+/// (operands of `y`'s shape).
+pub fn columns_access(io: Io<'_>, y: usize, reads: &[usize], units: Range<usize>) -> Access {
+    let ty = &io.outputs[y];
+    let region = crate::math::axis_region(ty, ty.rank() - 1, units);
+    Access {
+        writes: vec![(y, region.clone())],
+        reads: reads.iter().map(|&r| (r, region.clone())).collect(),
+    }
+}
+
+/// The flat indices of an elementwise op's tile: columns `units` of every row of a row-major
+/// tensor of `len` elements in rows of `cols`.
+pub fn column_indices(len: usize, cols: usize, units: Range<usize>) -> impl Iterator<Item = usize> {
+    (0..len / cols.max(1)).flat_map(move |row| units.clone().map(move |c| row * cols + c))
+}
+
 /// What one tile of an op touches: the result regions it writes (disjoint from every other tile
 /// of the same op) and the operand regions it reads.
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -5,8 +5,7 @@ use std::ops::Range;
 
 use mimo_macros::op;
 
-use crate::math::axis_region;
-use crate::op::{Access, Io, Op, expect_arity};
+use crate::op::{Access, Io, Op, column_indices, columns_access, expect_arity};
 use crate::{Tensor, TensorType};
 
 #[op(name = "add", inputs(a, b), outputs(y))]
@@ -29,23 +28,15 @@ impl Op for Add {
     }
 
     fn access(&self, io: Io<'_>, units: Range<usize>) -> Access {
-        let y = &io.outputs[Self::Y];
-        let region = axis_region(y, y.rank() - 1, units);
-        Access {
-            writes: vec![(Self::Y, region.clone())],
-            reads: vec![(Self::A, region.clone()), (Self::B, region)],
-        }
+        columns_access(io, Self::Y, &[Self::A, Self::B], units)
     }
 
     fn reference(&self, inputs: &[&Tensor], outputs: &mut [Tensor], units: Range<usize>) {
         let cols = inputs[Self::A].shape.last().copied().unwrap_or(1);
         let (x, z) = (inputs[Self::A].f32(), inputs[Self::B].f32());
         let y = outputs[Self::Y].f32_mut();
-        for row in 0..y.len() / cols {
-            for c in units.clone() {
-                let i = row * cols + c;
-                y[i] = x[i] + z[i];
-            }
+        for i in column_indices(y.len(), cols, units) {
+            y[i] = x[i] + z[i];
         }
     }
 

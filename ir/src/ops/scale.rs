@@ -5,8 +5,7 @@ use std::ops::Range;
 
 use mimo_macros::op;
 
-use crate::math::axis_region;
-use crate::op::{Access, Io, Op, expect_arity};
+use crate::op::{Access, Io, Op, column_indices, columns_access, expect_arity};
 use crate::{Tensor, TensorType};
 
 /// `y = factor * x`, in f32.
@@ -33,22 +32,15 @@ impl Op for Scale {
     }
 
     fn access(&self, io: Io<'_>, units: Range<usize>) -> Access {
-        let y = &io.outputs[Self::Y];
-        let region = axis_region(y, y.rank() - 1, units);
-        Access {
-            writes: vec![(Self::Y, region.clone())],
-            reads: vec![(Self::X, region)],
-        }
+        columns_access(io, Self::Y, &[Self::X], units)
     }
 
     fn reference(&self, inputs: &[&Tensor], outputs: &mut [Tensor], units: Range<usize>) {
         let cols = inputs[Self::X].shape.last().copied().unwrap_or(1);
         let x = inputs[Self::X].f32();
         let y = outputs[Self::Y].f32_mut();
-        for row in 0..y.len() / cols {
-            for c in units.clone() {
-                y[row * cols + c] = self.factor * x[row * cols + c];
-            }
+        for i in column_indices(y.len(), cols, units) {
+            y[i] = self.factor * x[i];
         }
     }
 }

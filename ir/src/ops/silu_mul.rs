@@ -4,8 +4,8 @@ use std::ops::Range;
 
 use mimo_macros::op;
 
-use crate::math::{axis_region, silu};
-use crate::op::{Access, Io, Op, expect_arity};
+use crate::math::silu;
+use crate::op::{Access, Io, Op, column_indices, columns_access, expect_arity};
 use crate::{Tensor, TensorType};
 
 #[op(name = "silu_mul", inputs(gate, up), outputs(y))]
@@ -28,23 +28,15 @@ impl Op for SiluMul {
     }
 
     fn access(&self, io: Io<'_>, units: Range<usize>) -> Access {
-        let y = &io.outputs[Self::Y];
-        let region = axis_region(y, y.rank() - 1, units);
-        Access {
-            writes: vec![(Self::Y, region.clone())],
-            reads: vec![(Self::GATE, region.clone()), (Self::UP, region)],
-        }
+        columns_access(io, Self::Y, &[Self::GATE, Self::UP], units)
     }
 
     fn reference(&self, inputs: &[&Tensor], outputs: &mut [Tensor], units: Range<usize>) {
         let cols = inputs[Self::GATE].shape.last().copied().unwrap_or(1);
         let (x, z) = (inputs[Self::GATE].f32(), inputs[Self::UP].f32());
         let y = outputs[Self::Y].f32_mut();
-        for row in 0..y.len() / cols {
-            for c in units.clone() {
-                let i = row * cols + c;
-                y[i] = silu(x[i]) * z[i];
-            }
+        for i in column_indices(y.len(), cols, units) {
+            y[i] = silu(x[i]) * z[i];
         }
     }
 
