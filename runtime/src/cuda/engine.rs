@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use mimo_compiler::artifact::Artifact;
-use mimo_compiler::{CompileOptions, Machine, Program, abi, codegen, compile};
+use mimo_compiler::{CompileOptions, Machine, Program, abi, compile};
 use mimo_ir::graph::NodeKind;
 use mimo_ir::model::build::{NEXT_IDS, POSITIONS, TOKEN_IDS, decode_graph};
 use mimo_ir::weights::WeightStore;
@@ -51,18 +51,8 @@ pub fn compile_graph(
 ) -> Result<(Program, KernelImage)> {
     let program = compile(graph, opts).context("compiling the graph")?;
     abi::encode(&program).context("encoding the task tables")?;
-    let source = codegen::kernel_source(
-        codegen::TEMPLATES,
-        &codegen::generated_header(spec, &program),
-    )
-    .context("generating kernel.cu")?;
-    Ok((
-        program,
-        KernelImage {
-            source,
-            cubin: None,
-        },
-    ))
+    let image = KernelSource::Templates.image(spec, &program)?;
+    Ok((program, image))
 }
 
 /// A model's compiled programs running on a device (a GPU, or the emulator).
