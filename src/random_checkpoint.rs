@@ -143,8 +143,11 @@ fn plan(spec: &ModelSpec, mxfp4_experts: bool) -> Vec<(Planned, String, Option<u
     let moe = if mixtral { "block_sparse_moe" } else { "mlp" };
     for l in 0..spec.num_layers {
         let p = format!("model.layers.{l}.");
-        for w in LayerWeight::ALL.into_iter().filter(|w| w.present_in(spec)) {
-            let shape = w.shape(spec);
+        for w in LayerWeight::ALL
+            .into_iter()
+            .filter(|w| w.present_in(spec, l))
+        {
+            let shape = w.shape(spec, l);
             let ir = w.name(l);
             let hf = |suffix: &str| format!("{p}{suffix}");
             let entries: Vec<(Planned, Option<usize>)> = match w {
@@ -161,6 +164,15 @@ fn plan(spec: &ModelSpec, mxfp4_experts: bool) -> Vec<(Planned, String, Option<u
                 LayerWeight::Router => {
                     vec![(dense(hf(&format!("{moe}.gate.weight")), shape), None)]
                 }
+                LayerWeight::Sinks => {
+                    vec![(norm(hf("self_attn.attention_sink_bias"), shape[0]), None)]
+                }
+                LayerWeight::RouterBias => {
+                    vec![(norm(hf("mlp.gate.e_score_correction_bias"), shape[0]), None)]
+                }
+                LayerWeight::MlpGate => vec![(dense(hf("mlp.gate_proj.weight"), shape), None)],
+                LayerWeight::MlpUp => vec![(dense(hf("mlp.up_proj.weight"), shape), None)],
+                LayerWeight::MlpDown => vec![(dense(hf("mlp.down_proj.weight"), shape), None)],
                 LayerWeight::ExpertsGate | LayerWeight::ExpertsUp | LayerWeight::ExpertsDown => {
                     let proj = match (mixtral, w) {
                         (true, LayerWeight::ExpertsGate) => "w1",
@@ -249,6 +261,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RandomError + '_ {
 
 /// Checks the shapes MXFP4 experts need (whatever the storage chosen, the codes come first).
 fn check_spec(spec: &ModelSpec) -> Result<(), RandomError> {
+    if spec.hybrid.is_some() {
+        return Err(RandomError::Shape(format!(
+            "random {} checkpoints are not written yet (their config.json style is not)",
+            spec.architecture.model_type()
+        )));
+    }
     for (what, k) in [
         ("hidden_size", spec.hidden_size),
         (
@@ -714,6 +732,7 @@ mod tests {
 
     fn spec(architecture: Architecture) -> ModelSpec {
         ModelSpec {
+            hybrid: None,
             architecture,
             vocab_size: 90,
             hidden_size: 64,

@@ -6,11 +6,11 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::{hf_fixtures, mimo};
+use common::{hf_fixture, mimo};
 
 /// A copy of the first fixture that a test may break.
 fn fixture_copy(tmp: &Path) -> PathBuf {
-    let src = &hf_fixtures()[0];
+    let src = &hf_fixture("qwen3_moe_a");
     let dst = tmp.join("model");
     fs::create_dir_all(&dst).unwrap();
     for entry in fs::read_dir(src).unwrap() {
@@ -247,7 +247,7 @@ fn fp4_on_a_reduction_dimension_not_divisible_by_the_block() {
 
 #[test]
 fn prompt_id_outside_the_vocabulary() {
-    let fixture = &hf_fixtures()[0];
+    let fixture = &hf_fixture("qwen3_moe_a");
     let err = error_of(fixture, &["--prompt-ids", "1,999999,2"]);
     assert!(
         err.contains("999999") && err.contains("vocabulary"),

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::parity::{Bf16Twin, MODEL_TOLERANCE, Oracle, compare_greedy, rel_l2};
-use common::{hf_fixtures, mimo, mimo_compile, mimo_json, model_toml, read_json};
+use common::{megakernel_fixtures, mimo, mimo_compile, mimo_json, model_toml, read_json};
 use mimo::random_checkpoint::random_weights;
 use mimo_compiler::fuse::FusedKind;
 use mimo_compiler::{CompileOptions, Machine, Program, compile};
@@ -82,6 +82,7 @@ fn rms_diff(a: &[f32], b: &[f32]) -> f64 {
 /// odd top-k, a vocabulary no chunk size divides.
 fn op_spec(experts: WeightFormat, dense: WeightFormat) -> ModelSpec {
     ModelSpec {
+        hybrid: None,
         architecture: Architecture::Qwen3Moe,
         vocab_size: 300,
         hidden_size: 128,
@@ -127,7 +128,7 @@ fn small_limits() -> ModelSpec {
         ModelSpec::tiny(Architecture::Qwen3Moe),
         ModelSpec::tiny(Architecture::Mixtral),
     ];
-    for f in hf_fixtures() {
+    for f in megakernel_fixtures() {
         specs.push(
             mimo_runtime::resolve_model(&f)
                 .unwrap_or_else(|e| panic!("{}: {e}", f.display()))
@@ -300,10 +301,7 @@ fn op_graphs(spec: &ModelSpec, ctx: usize) -> Vec<OpGraph> {
     let routed = b
         .op(
             "route",
-            RouterTopK {
-                k,
-                normalize: spec.norm_topk_prob,
-            },
+            RouterTopK::softmax(k, spec.norm_topk_prob),
             &[logits],
         )
         .unwrap();
@@ -464,7 +462,7 @@ fn op_graphs_fuse_into_their_templates_and_run_on_the_cpu() {
 #[test]
 fn kernel_limits_cover_every_small_model() {
     let l = small_limits();
-    for f in hf_fixtures() {
+    for f in megakernel_fixtures() {
         let s = mimo_runtime::resolve_model(&f).unwrap().spec;
         assert!(
             mimo_compiler::codegen::shared_memory_bytes(&s, 1)
@@ -721,7 +719,7 @@ fn gpu_fixtures_match_the_interpreter_for_64_greedy_tokens() {
     let info = dev.info();
     let limits = small_limits();
     let tmp = tempfile::tempdir().unwrap();
-    for (i, fixture) in hf_fixtures().into_iter().enumerate() {
+    for (i, fixture) in megakernel_fixtures().into_iter().enumerate() {
         let name = fixture.file_name().unwrap().to_string_lossy().to_string();
         // MIMO_TEST_FIXTURES=a,b: only those fixtures (to iterate on one under the emulator).
         if std::env::var("MIMO_TEST_FIXTURES").is_ok_and(|only| !only.split(',').any(|f| f == name))
@@ -935,7 +933,7 @@ fn gpu_generate_runs_a_compiled_artifact() {
     };
     let info = dev.info();
     let tmp = tempfile::tempdir().unwrap();
-    let fixture = &hf_fixtures()[0];
+    let fixture = &megakernel_fixtures()[0];
     let art = tmp.path().join("art");
     let workers = 8.min(info.sm_count).to_string();
     let run = mimo_compile(&[

@@ -53,8 +53,13 @@ pub fn rewrite(graph: &Graph, opts: RewriteOptions) -> Result<Graph, GraphError>
                         splits: opts.attention_splits,
                         window: att.window,
                     };
-                    let parts = b.op(&format!("{}.partial", node.name), split, &inputs)?;
-                    b.op(&node.name, AttentionCombine {}, &parts)?
+                    let (operands, sinks) = inputs.split_at(Attention::SINKS.min(inputs.len()));
+                    let parts = b.op(&format!("{}.partial", node.name), split, operands)?;
+                    b.op(
+                        &node.name,
+                        AttentionCombine {},
+                        &[&parts[..], sinks].concat(),
+                    )?
                 } else if op.as_any().is::<mimo_ir::ops::Argmax>() {
                     let chunk = opts
                         .argmax_chunk

@@ -44,14 +44,28 @@ pub fn step_bytes(spec: &ModelSpec, tokens: usize, context: usize) -> StepBytes 
     };
     let routed =
         (tokens * spec.experts_per_token).min(spec.num_experts) as f64 / spec.num_experts as f64;
-    for _layer in 0..spec.num_layers {
-        for w in LayerWeight::ALL.into_iter().filter(|w| w.present_in(spec)) {
-            let shape = w.shape(spec);
+    let mut kv_row_bytes = 0.0;
+    for layer in 0..spec.num_layers {
+        let a = spec.attention(layer);
+        // bf16 K and V rows; a sliding-window layer reads at most its window.
+        let rows = match a.window {
+            0 => context + tokens,
+            w => (context + tokens).min(w + tokens - 1),
+        };
+        kv_row_bytes += rows as f64 * (a.kv_dim() + a.v_dim()) as f64 * 2.0;
+        for w in LayerWeight::ALL
+            .into_iter()
+            .filter(|w| w.present_in(spec, layer))
+        {
+            let shape = w.shape(spec, layer);
             let (part, b) = match w {
                 LayerWeight::ExpertsGate | LayerWeight::ExpertsUp | LayerWeight::ExpertsDown => {
                     ("routed experts", bytes(&shape, true) * routed)
                 }
-                LayerWeight::Router => ("router", bytes(&shape, false)),
+                LayerWeight::Router | LayerWeight::RouterBias => ("router", bytes(&shape, false)),
+                LayerWeight::MlpGate | LayerWeight::MlpUp | LayerWeight::MlpDown => {
+                    ("dense MLP", bytes(&shape, false))
+                }
                 LayerWeight::AttnNorm
                 | LayerWeight::FfnNorm
                 | LayerWeight::QNorm
@@ -68,11 +82,7 @@ pub fn step_bytes(spec: &ModelSpec, tokens: usize, context: usize) -> StepBytes 
     );
     parts.insert("embedding rows", bytes(&[tokens, spec.hidden_size], false));
     // K and V, bf16, every layer: the cached rows plus this step's own rows.
-    let rows = (context + tokens) as f64;
-    parts.insert(
-        KV_CACHE_PART,
-        spec.num_layers as f64 * 2.0 * rows * spec.kv_dim() as f64 * 2.0,
-    );
+    parts.insert(KV_CACHE_PART, kv_row_bytes);
     StepBytes { parts }
 }
 

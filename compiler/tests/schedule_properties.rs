@@ -31,6 +31,7 @@ fn arb_spec() -> impl Strategy<Value = ModelSpec> {
     )
         .prop_map(
             |(architecture, layers, kv, group, hd, experts, vocab, norm)| ModelSpec {
+                hybrid: None,
                 architecture,
                 vocab_size: vocab,
                 hidden_size: 32,

@@ -73,6 +73,20 @@ pub fn softmax(xs: &mut [f32]) {
     }
 }
 
+/// [`softmax`] with one more column, `sink`, in the denominator only (an attention sink: a
+/// learned logit per head that takes probability away from every row and is then dropped).
+pub fn softmax_with_sink(xs: &mut [f32], sink: f32) {
+    let max = xs.iter().copied().fold(sink, f32::max);
+    let mut sum = (sink - max).exp();
+    for x in xs.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    for x in xs.iter_mut() {
+        *x /= sum;
+    }
+}
+
 /// Index of the largest element; the first one on ties (as `torch.argmax`).
 pub fn argmax(xs: &[f32]) -> usize {
     let mut best = 0;

@@ -18,6 +18,8 @@ pub trait OpDecl {
     fn name(&self) -> &'static str;
     /// Operand names, in order.
     fn input_names(&self) -> &'static [&'static str];
+    /// How many trailing operands a node may leave off (declared `name?`).
+    fn optional_inputs(&self) -> usize;
     /// Result names, in order.
     fn output_names(&self) -> &'static [&'static str];
     /// The attributes as a JSON object.
@@ -174,12 +176,28 @@ pub fn op_from_json(name: &str, attrs: &serde_json::Value) -> Result<Arc<dyn Op>
 /// Checks operand count and returns a helpful message on mismatch.
 pub fn expect_arity(op: &dyn Op, inputs: &[TensorType]) -> Result<(), String> {
     let names = op.input_names();
-    if inputs.len() != names.len() {
+    let required = names.len() - op.optional_inputs();
+    if !(required..=names.len()).contains(&inputs.len()) {
+        let count = if required == names.len() {
+            required.to_string()
+        } else {
+            format!("{required} to {}", names.len())
+        };
+        let listed: Vec<String> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                if i < required {
+                    n.to_string()
+                } else {
+                    format!("{n}?")
+                }
+            })
+            .collect();
         return Err(format!(
-            "`{}` takes {} operands ({}), got {}",
+            "`{}` takes {count} operands ({}), got {}",
             op.name(),
-            names.len(),
-            names.join(", "),
+            listed.join(", "),
             inputs.len()
         ));
     }
@@ -376,6 +394,7 @@ pub(crate) mod tests {
         for spec in [
             ModelSpec::tiny(Architecture::Qwen3Moe),
             ModelSpec::tiny(Architecture::Mixtral),
+            ModelSpec::tiny(Architecture::MimoV2Flash),
         ] {
             let weights = F32Weights::from_store(&random_weights(&spec, 5).unwrap());
             let graph = decode_graph(&spec, 3, 12).unwrap();
@@ -389,7 +408,7 @@ pub(crate) mod tests {
 
     /// A graph of the ops the compiler's rewrites introduce, next to the ops they replace.
     fn split_ops_graph() -> (Graph, Vec<(&'static str, Tensor)>) {
-        use crate::graph::GraphBuilder;
+        use crate::graph::{GraphBuilder, Value};
         use crate::ops::{
             Argmax, ArgmaxCombine, ArgmaxPartial, Attention, AttentionCombine, AttentionPartial,
         };
@@ -407,6 +426,7 @@ pub(crate) mod tests {
             ),
             ("positions", Tensor::from_i32([t], vec![1, 5, 10])),
             ("logits", Tensor::from_f32([t, vocab], rand(t * vocab))),
+            ("sinks", Tensor::from_f32([heads], rand(heads))),
         ];
         let mut b = GraphBuilder::new("split_ops");
         let value = |b: &mut GraphBuilder, name: &str| {
@@ -429,9 +449,15 @@ pub(crate) mod tests {
             value(&mut b, "positions"),
             value(&mut b, "logits"),
         );
-        // The whole causal context, and a sliding window of 4 rows over narrower values.
+        let sinks = value(&mut b, "sinks");
+        // The whole causal context; a sliding window of 4 rows over narrower values; the same
+        // with attention sinks (MiMo-V2's sliding layers).
         let mut attn = Vec::new();
-        for (tag, window, v) in [("", 0, v), ("_windowed", 4, vn)] {
+        for (tag, window, v, sinks) in [
+            ("", 0, v, None),
+            ("_windowed", 4, vn, None),
+            ("_sinks", 4, vn, Some(sinks)),
+        ] {
             let (scale, splits) = (0.3, 4);
             let partial = AttentionPartial {
                 scale,
@@ -442,9 +468,12 @@ pub(crate) mod tests {
                 .op(&format!("attn_parts{tag}"), partial, &[q, k, v, p])
                 .unwrap();
             let combine = AttentionCombine {};
+            let sinks: Vec<Value> = sinks.into_iter().collect();
+            let parts = [&parts[..], &sinks].concat();
             let split = b.op1(&format!("attn_split{tag}"), combine, &parts);
             let whole = Attention { scale, window };
-            let whole = b.op1(&format!("attn_whole{tag}"), whole, &[q, k, v, p]);
+            let operands = [&[q, k, v, p][..], &sinks].concat();
+            let whole = b.op1(&format!("attn_whole{tag}"), whole, &operands);
             attn.push((format!("attn_split{tag}"), split.unwrap()));
             attn.push((format!("attn_whole{tag}"), whole.unwrap()));
         }
@@ -478,7 +507,7 @@ pub(crate) mod tests {
         )
         .unwrap();
         assert_eq!(out["ids_split"], out["ids_whole"]);
-        for tag in ["", "_windowed"] {
+        for tag in ["", "_windowed", "_sinks"] {
             let split = &out[&format!("attn_split{tag}")];
             let whole = &out[&format!("attn_whole{tag}")];
             assert_eq!(split.shape, whole.shape);
@@ -487,11 +516,14 @@ pub(crate) mod tests {
             }
         }
         assert_eq!(out["attn_whole_windowed"].shape, [3, 6, 5]);
+        // A sink takes probability away from every row: the same window, smaller outputs.
+        let norm = |t: &Tensor| t.f32().iter().map(|x| x * x).sum::<f32>();
+        assert!(norm(&out["attn_whole_sinks"]) < norm(&out["attn_whole_windowed"]));
     }
 
     #[test]
     fn every_registered_op_round_trips_its_attributes() {
-        let graph = decode_graph(&ModelSpec::tiny(Architecture::Qwen3Moe), 1, 4).unwrap();
+        let graph = decode_graph(&ModelSpec::tiny(Architecture::MimoV2Flash), 1, 4).unwrap();
         for (_, node) in graph.nodes() {
             if let Some(op) = node.op() {
                 let back = op_from_json(op.name(), &op.attrs()).unwrap();
@@ -504,5 +536,38 @@ pub(crate) mod tests {
                 .contains("unknown op")
         );
         assert!(op_from_json("rms_norm", &serde_json::json!({"eps": 1e-6, "bogus": 1})).is_err());
+        // Attributes added later default to the earlier behaviour in older graphs.
+        let old = op_from_json(
+            "router_topk",
+            &serde_json::json!({"k": 2, "normalize": true}),
+        );
+        let old = old.unwrap();
+        assert!(old.eq_op(&crate::ops::RouterTopK::softmax(2, true)));
+    }
+
+    #[test]
+    fn optional_operands_may_be_left_off_but_no_more() {
+        use crate::ops::Attention;
+        let op = Attention {
+            scale: 1.0,
+            window: 0,
+        };
+        let q = TensorType::f32([1, 4, 8]);
+        let cache = TensorType::f32([6, 2, 8]);
+        let pos = TensorType::i32([1]);
+        let base = vec![q, cache.clone(), cache, pos];
+        assert!(op.infer(&base).is_ok());
+        let with_sinks = [&base[..], &[TensorType::f32([4])]].concat();
+        assert!(op.infer(&with_sinks).is_ok());
+        let err = op.infer(&base[..3]).unwrap_err();
+        assert_eq!(
+            err,
+            "`attention` takes 4 to 5 operands (q, k_cache, v_cache, positions, sinks?), got 3"
+        );
+        let wrong = [&base[..], &[TensorType::f32([2])]].concat();
+        assert_eq!(
+            op.infer(&wrong).unwrap_err(),
+            "sinks must be float [4], got f32[2]"
+        );
     }
 }

@@ -20,6 +20,9 @@
 //! - one associated constant per operand and result (`RmsNorm::X`, `RmsNorm::WEIGHT`, `RmsNorm::Y`),
 //!   so code indexes operands by name, never by a bare number;
 //! - `OP_ENTRY`, the registry entry that `ir/build.rs` collects from every file in `ir/src/ops/`.
+//!
+//! Trailing operands may be optional, marked `?` (`inputs(q, k_cache, v_cache, positions,
+//! sinks?)`): a node passes them or leaves them off, and `OpDecl::optional_inputs` counts them.
 
 mod c_struct;
 
@@ -55,7 +58,24 @@ pub fn derive_c_struct(item: TokenStream) -> TokenStream {
 struct OpArgs {
     name: LitStr,
     inputs: Vec<Ident>,
+    /// How many of the trailing `inputs` are optional (marked `?`).
+    optional_inputs: usize,
     outputs: Vec<Ident>,
+}
+
+/// One name of `inputs(...)` or `outputs(...)`, optional when followed by `?`.
+struct Operand {
+    name: Ident,
+    optional: Option<Token![?]>,
+}
+
+impl Parse for Operand {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        Ok(Operand {
+            name: input.parse()?,
+            optional: input.parse()?,
+        })
+    }
 }
 
 impl Parse for OpArgs {
@@ -63,6 +83,7 @@ impl Parse for OpArgs {
         let mut name = None;
         let mut inputs = None;
         let mut outputs = None;
+        let mut optional_inputs = 0;
         while !input.is_empty() {
             let key: Ident = input.parse()?;
             match key.to_string().as_str() {
@@ -76,14 +97,31 @@ impl Parse for OpArgs {
                 "inputs" | "outputs" => {
                     let content;
                     parenthesized!(content in input);
-                    let list: Punctuated<Ident, Token![,]> =
-                        content.parse_terminated(Ident::parse, Token![,])?;
-                    let slot = if key == "inputs" {
-                        &mut inputs
-                    } else {
-                        &mut outputs
-                    };
-                    if slot.replace(list.into_iter().collect::<Vec<_>>()).is_some() {
+                    let list: Punctuated<Operand, Token![,]> =
+                        content.parse_terminated(Operand::parse, Token![,])?;
+                    let is_inputs = key == "inputs";
+                    let mut names = Vec::new();
+                    for operand in list {
+                        match (operand.optional, is_inputs) {
+                            (Some(mark), false) => {
+                                return Err(syn::Error::new(
+                                    mark.span,
+                                    "results cannot be optional",
+                                ));
+                            }
+                            (Some(_), true) => optional_inputs += 1,
+                            (None, true) if optional_inputs > 0 => {
+                                return Err(syn::Error::new(
+                                    operand.name.span(),
+                                    "a required operand cannot follow an optional one",
+                                ));
+                            }
+                            (None, _) => {}
+                        }
+                        names.push(operand.name);
+                    }
+                    let slot = if is_inputs { &mut inputs } else { &mut outputs };
+                    if slot.replace(names).is_some() {
                         return Err(syn::Error::new(key.span(), format!("`{key}` given twice")));
                     }
                 }
@@ -110,6 +148,7 @@ impl Parse for OpArgs {
         Ok(OpArgs {
             name: name.ok_or_else(|| missing("name = \"...\""))?,
             inputs: inputs.ok_or_else(|| missing("inputs(...)"))?,
+            optional_inputs,
             outputs,
         })
     }
@@ -132,6 +171,7 @@ fn expand(args: OpArgs, item: ItemStruct) -> syn::Result<TokenStream2> {
     check_unique(args.inputs.iter().chain(&args.outputs))?;
 
     let name = &args.name;
+    let optional_inputs = args.optional_inputs;
     let input_strs = args.inputs.iter().map(Ident::to_string);
     let output_strs = args.outputs.iter().map(Ident::to_string);
     let operand_consts = |idents: &[Ident], what: &str| -> Vec<TokenStream2> {
@@ -173,6 +213,9 @@ fn expand(args: OpArgs, item: ItemStruct) -> syn::Result<TokenStream2> {
             }
             fn input_names(&self) -> &'static [&'static str] {
                 &[#(#input_strs),*]
+            }
+            fn optional_inputs(&self) -> usize {
+                #optional_inputs
             }
             fn output_names(&self) -> &'static [&'static str] {
                 &[#(#output_strs),*]

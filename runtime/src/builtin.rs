@@ -26,6 +26,7 @@ const SEED: u64 = 0x6d69_6d6f;
 /// The built-in model's shape: MXFP4 experts and bf16 elsewhere, like the production setting.
 pub fn spec(vocab_size: usize) -> ModelSpec {
     ModelSpec {
+        hybrid: None,
         architecture: Architecture::Qwen3Moe,
         vocab_size,
         hidden_size: 256,

@@ -289,7 +289,7 @@ fn parse_layer_name(spec: &ModelSpec, name: &str) -> Option<(usize, LayerWeight)
     let layer = layer.parse().ok()?;
     LayerWeight::ALL
         .into_iter()
-        .find(|w| w.suffix() == suffix && w.present_in(spec))
+        .find(|w| w.suffix() == suffix && w.present_in(spec, layer))
         .map(|w| (layer, w))
 }
 
@@ -317,6 +317,16 @@ fn layer_source(
             dense("block_sparse_moe.gate.weight")
         }
         LayerWeight::Router => dense("mlp.gate.weight"),
+        LayerWeight::RouterBias => dense("mlp.gate.e_score_correction_bias"),
+        // MiMo-V2: hub checkpoints and transformers' `save_pretrained` both write the sinks as
+        // `attention_sink_bias`; transformers calls the parameter `sinks` in memory.
+        LayerWeight::Sinks if ckpt.contains(&format!("{p}self_attn.sinks")) => {
+            dense("self_attn.sinks")
+        }
+        LayerWeight::Sinks => dense("self_attn.attention_sink_bias"),
+        LayerWeight::MlpGate => dense("mlp.gate_proj.weight"),
+        LayerWeight::MlpUp => dense("mlp.up_proj.weight"),
+        LayerWeight::MlpDown => dense("mlp.down_proj.weight"),
         LayerWeight::ExpertsGate | LayerWeight::ExpertsUp | LayerWeight::ExpertsDown => {
             expert_source(spec, ckpt, &p, weight, shape)
         }

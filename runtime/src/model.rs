@@ -59,7 +59,7 @@ pub fn resolve_model(path: &Path) -> Result<ResolvedModel, LoadError> {
 fn resolve_toml(toml: ModelToml) -> Result<ResolvedModel, LoadError> {
     match &toml.model {
         ModelSource::Inline(spec) => {
-            let mut spec = spec.clone();
+            let mut spec = ModelSpec::clone(spec);
             spec.formats = toml.quantization.apply(spec.formats);
             Ok(ResolvedModel {
                 spec,

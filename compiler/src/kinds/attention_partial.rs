@@ -102,43 +102,72 @@ pub(super) fn encode(cx: &Encoder, op: &FusedOp) -> Result<AttentionPartialArgs,
 
 #[cfg(test)]
 mod tests {
-    use mimo_ir::model::decode_graph;
-    use mimo_ir::{Architecture, Graph, ModelSpec};
+    use mimo_ir::model::{AttentionSpec, decode_graph};
+    use mimo_ir::{Architecture, ModelSpec};
 
     use crate::abi::{AbiError, encode};
     use crate::{CompileOptions, Machine, compile};
 
-    /// The tiny model's decode graph with attribute `attr` of every `op` set to `value`.
-    fn edited_decode_graph(op: &str, attr: &str, value: usize) -> Graph {
-        let graph = decode_graph(&ModelSpec::tiny(Architecture::Qwen3Moe), 1, 16).unwrap();
-        let mut doc = graph.to_json();
-        for node in doc["nodes"].as_array_mut().unwrap() {
-            if node["op"] == op {
-                node["attrs"][attr] = value.into();
-            }
-        }
-        Graph::from_json(&doc).unwrap()
+    /// A MiMo-V2 whose every layer is full attention with none of the family's features, and
+    /// a value scale of 1: only the sigmoid router differs from what the megakernel runs.
+    fn plain_mimo() -> ModelSpec {
+        let mut spec = ModelSpec::tiny(Architecture::MimoV2Flash);
+        let h = spec.hybrid.as_mut().unwrap();
+        h.sliding_layers.fill(false);
+        h.dense_layers.fill(false);
+        h.value_scale = 1.0;
+        h.routed_scaling_factor = 1.0;
+        h.full.v_head_dim = h.full.head_dim;
+        h.full.rotary_dim = h.full.head_dim;
+        spec
     }
 
-    /// Sliding windows and partial rotary embeddings (MiMo-V2's) compile for the CPU schedule
-    /// executor, and are refused, naming the op, where the megakernel has no template for them.
+    /// Each of MiMo-V2's features compiles for the CPU schedule executor, and is refused, naming
+    /// the op, where the megakernel has no template for it yet.
     #[test]
-    fn mimo_attention_features_compile_but_have_no_template_yet() {
+    fn mimo_features_compile_but_have_no_template_yet() {
         let opts = CompileOptions::for_machine(Machine {
             workers: 4,
             ..Machine::h100()
         });
-        for (op, attr, value, why) in [
-            ("attention", "window", 4, "sliding-window attention"),
-            ("rope", "rotary_dim", 8, "partial rotary embedding"),
-        ] {
-            let program = compile(&edited_decode_graph(op, attr, value), &opts).unwrap();
+        type Edit = fn(&mut AttentionSpec);
+        let cases: [(Edit, &str, &str); 5] = [
+            (
+                |_| {},
+                "layers.0.expert_gate",
+                "sigmoid routing has no CUDA template yet",
+            ),
+            (
+                |a| a.window = 4,
+                "layers.0.",
+                "sliding-window attention has no CUDA template yet",
+            ),
+            (
+                |a| a.rotary_dim = 8,
+                "layers.0.",
+                "partial rotary embedding has no CUDA template yet",
+            ),
+            (
+                |a| a.v_head_dim = 16,
+                "layers.0.",
+                "values narrower than the keys have no CUDA template yet",
+            ),
+            (
+                |a| a.sinks = true,
+                "layers.0.",
+                "attention sinks have no CUDA template yet",
+            ),
+        ];
+        for (edit, at, why) in cases {
+            let mut spec = plain_mimo();
+            edit(&mut spec.hybrid.as_mut().unwrap().full);
+            let program = compile(&decode_graph(&spec, 1, 16).unwrap(), &opts).unwrap();
             match encode(&program) {
                 Err(AbiError::Shape { op, message }) => {
-                    assert!(op.starts_with("layers.0."), "{op}");
-                    assert_eq!(message, format!("{why} has no CUDA template yet"));
+                    assert!(op.starts_with(at), "{why}: {op}");
+                    assert_eq!(message, why);
                 }
-                other => panic!("{attr}: expected a refusal, got {other:?}"),
+                other => panic!("{why}: expected a refusal, got {other:?}"),
             }
         }
     }

@@ -112,6 +112,9 @@ fn routing<'c>(
 ) -> Result<(ExpertRouting, &'c [usize], usize), AbiError> {
     let route = cx.one::<RouterTopK>(op)?;
     let router = cx.attrs::<RouterTopK>(route).expect("a member of its type");
+    if !router.is_softmax() || cx.node(route).inputs.len() > RouterTopK::SELECTION_BIAS {
+        return Err(cx.shape_error(op, "sigmoid routing has no CUDA template yet"));
+    }
     let first = cx
         .members::<ExpertLinear>(op)
         .first()

@@ -52,6 +52,9 @@ pub(super) fn encode(cx: &Encoder, op: &FusedOp) -> Result<OprojResidualArgs, Ab
         cx.one::<Linear>(op)?,
         cx.one::<Add>(op)?,
     );
+    if cx.node(c).inputs.len() > AttentionCombine::SINKS {
+        return Err(cx.shape_error(op, "attention sinks have no CUDA template yet"));
+    }
     let acc = cx.input(c, AttentionCombine::ACC);
     let shape = cx.shape(acc);
     let wo = cx.input(l, Linear::WEIGHT);

@@ -1,20 +1,23 @@
-//! Decode graphs of Qwen3-MoE and Mixtral: T tokens at run-time positions, after a KV cache.
+//! Decode graphs of Qwen3-MoE, Mixtral and MiMo-V2-Flash: T tokens at run-time positions, after a
+//! KV cache. Each layer's attention and MLP are its own ([`ModelSpec::attention`],
+//! [`ModelSpec::mlp`]).
 //!
 //! One graph serves decode (T = 1), prefill and verification (T = n, causal): the tokens' absolute
 //! positions are an input, so where the sequence starts is a run-time value, not a shape.
 //!
 //! Inputs `token_ids` i32 `[T]` and `positions` i32 `[T]`; state `layers.L.k_cache` / `v_cache`
-//! bf16 [max_context, kv_heads, head_dim]; outputs `logits` [T, vocab] and `next_ids` i32 `[T]` (argmax).
+//! bf16 [max_context, kv_heads, head_dim] (values: v_head_dim); outputs `logits` [T, vocab] and `next_ids` i32 `[T]` (argmax).
 //!
 //! [`decode_graph_with`] adds what DFlash verification needs (see [`DecodeOptions`]): the hidden
 //! states of chosen layers as `features`, and the acceptance of a drafted block on the device.
 
 use crate::graph::{Graph, GraphBuilder, GraphError, Value};
-use crate::model::ModelSpec;
 use crate::model::names::{self, LayerWeight};
+use crate::model::{Mlp, ModelSpec};
+use crate::ops::router_topk::RouterScoring;
 use crate::ops::{
     Accept, Add, Argmax, Attention, Concat, Embedding, ExpertLinear, KvAppend, Linear, Reshape,
-    RmsNorm, Rope, RouterTopK, SiluMul, WeightedSum,
+    RmsNorm, Rope, RouterTopK, Scale, SiluMul, WeightedSum,
 };
 use crate::types::{DType, TensorType};
 
@@ -63,6 +66,10 @@ pub fn decode_graph_with(
     max_context: usize,
     options: &DecodeOptions,
 ) -> Result<Graph, GraphError> {
+    spec.check().map_err(|message| GraphError {
+        node: "spec".into(),
+        message,
+    })?;
     let mut b = ModelGraph {
         b: GraphBuilder::new(format!("{}_t{tokens}", spec.architecture.model_type())),
         spec,
@@ -87,7 +94,10 @@ pub fn decode_graph_with(
     let mut layer_out = Vec::with_capacity(spec.num_layers);
     for layer in 0..spec.num_layers {
         x = b.attention_block(layer, x, positions, max_context)?;
-        x = b.moe_block(layer, x)?;
+        x = match spec.mlp(layer) {
+            Mlp::Experts => b.moe_block(layer, x)?,
+            Mlp::Dense => b.dense_mlp_block(layer, x)?,
+        };
         layer_out.push(x);
     }
     let norm = b.weight(names::FINAL_NORM, vec![spec.hidden_size], false)?;
@@ -151,7 +161,7 @@ impl ModelGraph<'_> {
     }
 
     fn layer_weight(&mut self, layer: usize, w: LayerWeight) -> Result<Value, GraphError> {
-        self.weight(&w.name(layer), w.shape(self.spec), w.is_expert())
+        self.weight(&w.name(layer), w.shape(self.spec, layer), w.is_expert())
     }
 
     fn norm(&mut self, name: String, x: Value, weight: Value) -> Result<Value, GraphError> {
@@ -164,7 +174,8 @@ impl ModelGraph<'_> {
         )
     }
 
-    /// `x + o_proj(attention(rope(norm(q)), cache(rope(norm(k))), cache(v)))` over `attn_norm(x)`.
+    /// `x + o_proj(attention(rope(norm(q)), cache(rope(norm(k))), cache(v)))` over `attn_norm(x)`,
+    /// with the layer's own heads, RoPE, window and sinks; MiMo-V2 scales v before its cache.
     fn attention_block(
         &mut self,
         l: usize,
@@ -173,34 +184,46 @@ impl ModelGraph<'_> {
         ctx: usize,
     ) -> Result<Value, GraphError> {
         let s = self.spec;
+        let a = s.attention(l);
         let t = self.b.value_type(x).shape[0];
         let p = |what: &str| format!("layers.{l}.{what}");
         let attn_norm = self.layer_weight(l, LayerWeight::AttnNorm)?;
         let h = self.norm(p("attn_in"), x, attn_norm)?;
 
-        // q and k: project, split into heads, per-head RMSNorm (Qwen3-MoE), RoPE; v: project and split.
+        // q and k: project, split into heads, per-head RMSNorm (Qwen3-MoE), RoPE; v: project,
+        // split and scale (MiMo-V2).
         let qk_norm = s.architecture.has_qk_norm();
+        let rope = Rope {
+            theta: a.rope_theta,
+            rotary_dim: if a.rotary_dim == a.head_dim {
+                0
+            } else {
+                a.rotary_dim
+            },
+        };
         let mut heads = Vec::new();
-        for (w, n_heads, norm_w, what) in [
+        for (w, n_heads, dim, norm_w, what) in [
             (
                 LayerWeight::Wq,
-                s.num_heads,
+                a.num_heads,
+                a.head_dim,
                 qk_norm.then_some(LayerWeight::QNorm),
                 "q",
             ),
             (
                 LayerWeight::Wk,
-                s.num_kv_heads,
+                a.num_kv_heads,
+                a.head_dim,
                 qk_norm.then_some(LayerWeight::KNorm),
                 "k",
             ),
-            (LayerWeight::Wv, s.num_kv_heads, None, "v"),
+            (LayerWeight::Wv, a.num_kv_heads, a.v_head_dim, None, "v"),
         ] {
             let weight = self.layer_weight(l, w)?;
             let proj = self
                 .b
                 .op1(&p(&format!("{what}_proj")), Linear {}, &[h, weight])?;
-            let shape = vec![t, n_heads, s.head_dim];
+            let shape = vec![t, n_heads, dim];
             let mut v = self
                 .b
                 .op1(&p(&format!("{what}_heads")), Reshape { shape }, &[proj])?;
@@ -209,14 +232,13 @@ impl ModelGraph<'_> {
                 v = self.norm(p(&format!("{what}_normed")), v, nw)?;
             }
             if what != "v" {
-                v = self.b.op1(
-                    &p(&format!("{what}_rope")),
-                    Rope {
-                        theta: s.rope_theta,
-                        rotary_dim: 0,
-                    },
-                    &[v, positions],
-                )?;
+                v = self
+                    .b
+                    .op1(&p(&format!("{what}_rope")), rope.clone(), &[v, positions])?;
+            } else if let Some(factor) = s.hybrid.as_ref().map(|h| h.value_scale)
+                && factor != 1.0
+            {
+                v = self.b.op1(&p("v_scaled"), Scale { factor }, &[v])?;
             }
             heads.push(v);
         }
@@ -224,31 +246,49 @@ impl ModelGraph<'_> {
 
         // The megakernel keeps KV caches in bf16; the interpreter computes in f32 whatever the
         // declared storage type.
-        let cache_ty = TensorType::new([ctx, s.num_kv_heads, s.head_dim], DType::Bf16);
-        let k_cache = self.b.state(&cache_name(l, "k"), cache_ty.clone())?;
-        let v_cache = self.b.state(&cache_name(l, "v"), cache_ty)?;
+        let cache = |dim| TensorType::new([ctx, a.num_kv_heads, dim], DType::Bf16);
+        let k_cache = self.b.state(&cache_name(l, "k"), cache(a.head_dim))?;
+        let v_cache = self.b.state(&cache_name(l, "v"), cache(a.v_head_dim))?;
         let k_all = self
             .b
             .op1(&p("k_append"), KvAppend {}, &[k_cache, k, positions])?;
         let v_all = self
             .b
             .op1(&p("v_append"), KvAppend {}, &[v_cache, v, positions])?;
-        let scale = 1.0 / (s.head_dim as f32).sqrt();
-        let attn = self.b.op1(
-            &p("attention"),
-            Attention { scale, window: 0 },
-            &[q, k_all, v_all, positions],
-        )?;
+        let mut operands = vec![q, k_all, v_all, positions];
+        if a.sinks {
+            operands.push(self.layer_weight(l, LayerWeight::Sinks)?);
+        }
+        let attention = Attention {
+            scale: a.scale(),
+            window: a.window,
+        };
+        let attn = self.b.op1(&p("attention"), attention, &operands)?;
         let flat = self.b.op1(
             &p("attn_flat"),
             Reshape {
-                shape: vec![t, s.q_dim()],
+                shape: vec![t, a.num_heads * a.v_head_dim],
             },
             &[attn],
         )?;
         let wo = self.layer_weight(l, LayerWeight::Wo)?;
         let o = self.b.op1(&p("o_proj"), Linear {}, &[flat, wo])?;
         self.b.op1(&p("attn_residual"), Add {}, &[x, o])
+    }
+
+    /// `x + down(silu(gate(h)) * up(h))` over `h = ffn_norm(x)`: MiMo-V2's dense MLP layers.
+    fn dense_mlp_block(&mut self, l: usize, x: Value) -> Result<Value, GraphError> {
+        let p = |what: &str| format!("layers.{l}.{what}");
+        let ffn_norm = self.layer_weight(l, LayerWeight::FfnNorm)?;
+        let h = self.norm(p("ffn_in"), x, ffn_norm)?;
+        let gate_w = self.layer_weight(l, LayerWeight::MlpGate)?;
+        let up_w = self.layer_weight(l, LayerWeight::MlpUp)?;
+        let down_w = self.layer_weight(l, LayerWeight::MlpDown)?;
+        let gate = self.b.op1(&p("mlp_gate"), Linear {}, &[h, gate_w])?;
+        let up = self.b.op1(&p("mlp_up"), Linear {}, &[h, up_w])?;
+        let act = self.b.op1(&p("mlp_act"), SiluMul {}, &[gate, up])?;
+        let down = self.b.op1(&p("mlp_down"), Linear {}, &[act, down_w])?;
+        self.b.op1(&p("mlp_residual"), Add {}, &[x, down])
     }
 
     /// `x + sum_j w_j * down_j(silu(gate_j(h)) * up_j(h))` over the routed experts j of `h = ffn_norm(x)`.
@@ -258,14 +298,22 @@ impl ModelGraph<'_> {
         let h = self.norm(p("ffn_in"), x, ffn_norm)?;
         let router = self.layer_weight(l, LayerWeight::Router)?;
         let logits = self.b.op1(&p("router_logits"), Linear {}, &[h, router])?;
-        let routed = self.b.op(
-            &p("route"),
-            RouterTopK {
-                k: self.spec.experts_per_token,
-                normalize: self.spec.norm_topk_prob,
-            },
-            &[logits],
-        )?;
+        let (k, normalize) = (self.spec.experts_per_token, self.spec.norm_topk_prob);
+        let routed = match &self.spec.hybrid {
+            Some(hybrid) if self.spec.architecture.has_sigmoid_router() => {
+                let bias = self.layer_weight(l, LayerWeight::RouterBias)?;
+                let router = RouterTopK {
+                    k,
+                    normalize,
+                    scoring: RouterScoring::Sigmoid,
+                    scale: hybrid.routed_scaling_factor,
+                };
+                self.b.op(&p("route"), router, &[logits, bias])?
+            }
+            _ => self
+                .b
+                .op(&p("route"), RouterTopK::softmax(k, normalize), &[logits])?,
+        };
         let (ids, weights) = (routed[RouterTopK::IDS], routed[RouterTopK::WEIGHTS]);
         let gate_w = self.layer_weight(l, LayerWeight::ExpertsGate)?;
         let up_w = self.layer_weight(l, LayerWeight::ExpertsUp)?;
@@ -363,15 +411,54 @@ mod tests {
         assert_eq!(count(&ModelSpec::tiny(Architecture::Mixtral)), 0);
     }
 
+    /// MiMo-V2: each layer has its own attention and MLP, and a bad structure is one error.
+    #[test]
+    fn hybrid_layers_get_their_own_attention_and_mlp() {
+        let spec = ModelSpec::tiny(Architecture::MimoV2Flash);
+        let g = decode_graph(&spec, 2, 8).unwrap();
+        let node = |name: &str| g.nodes().find(|(_, n)| n.name == name).unwrap().1;
+        let state = |l: usize, kv: &str| node(&cache_name(l, kv)).outputs[0].shape.clone();
+        assert_eq!(state(0, "k"), [8, 1, 24]);
+        assert_eq!(state(0, "v"), [8, 1, 16]);
+        assert_eq!(state(1, "k"), [8, 2, 24]);
+        assert_eq!(node("layers.0.attention").inputs.len(), 4);
+        assert_eq!(node("layers.1.attention").inputs.len(), 5);
+        assert!(g.nodes().any(|(_, n)| n.name == "layers.0.mlp_residual"));
+        assert!(g.nodes().all(|(_, n)| n.name != "layers.0.route"));
+        assert_eq!(node("layers.2.route").inputs.len(), 2);
+        assert_eq!(node("layers.1.v_scaled").outputs[0].shape, [2, 2, 16]);
+
+        let mut bad = spec.clone();
+        bad.hybrid.as_mut().unwrap().sliding.window = 0;
+        let err = decode_graph(&bad, 1, 8).unwrap_err();
+        assert!(err.to_string().contains("hybrid.sliding.window"), "{err}");
+        let mut bad = spec;
+        bad.hybrid.as_mut().unwrap().dense_layers.pop();
+        let err = decode_graph(&bad, 1, 8).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("hybrid.dense_layers: 2 entries for 3 layers"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn declares_every_named_weight_with_its_shape() {
-        let spec = ModelSpec::tiny(Architecture::Qwen3Moe);
-        let g = decode_graph(&spec, 1, 8).unwrap();
+        for spec in [
+            ModelSpec::tiny(Architecture::Qwen3Moe),
+            ModelSpec::tiny(Architecture::MimoV2Flash),
+        ] {
+            declares_every_named_weight(&spec);
+        }
+    }
+
+    fn declares_every_named_weight(spec: &ModelSpec) {
+        let g = decode_graph(spec, 1, 8).unwrap();
         let declared: Vec<(String, Vec<usize>)> = g
             .nodes_of(|k| matches!(k, NodeKind::Weight))
             .map(|(_, n)| (n.name.clone(), n.outputs[0].shape.clone()))
             .collect();
-        let mut expected: Vec<(String, Vec<usize>)> = names::all_weights(&spec)
+        let mut expected: Vec<(String, Vec<usize>)> = names::all_weights(spec)
             .into_iter()
             .map(|(n, s, _)| (n, s))
             .collect();

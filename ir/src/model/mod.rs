@@ -7,4 +7,4 @@ pub mod random;
 pub mod spec;
 
 pub use build::decode_graph;
-pub use spec::{Architecture, ModelSpec, WeightFormats};
+pub use spec::{Architecture, AttentionSpec, HybridSpec, Mlp, ModelSpec, WeightFormats};

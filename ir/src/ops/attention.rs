@@ -5,15 +5,21 @@ use std::ops::Range;
 use mimo_macros::op;
 use rayon::prelude::*;
 
-use crate::math::{axis_region, dot, softmax};
+use crate::math::{axis_region, dot, softmax, softmax_with_sink};
 use crate::op::{Access, Io, Op, expect_arity, whole};
 use crate::{DType, Tensor, TensorType};
 
 /// Query `t` (at absolute position `positions[t]`) attends to the cache rows
 /// [`context_rows`]`(positions[t], window)`; query head `h` reads KV head `h / (heads /
 /// kv_heads)`. Softmax in f32. Values may be narrower than queries and keys (MiMo-V2: 128 of
-/// 192): the result has the values' head dim.
-#[op(name = "attention", inputs(q, k_cache, v_cache, positions), outputs(y))]
+/// 192): the result has the values' head dim. With `sinks` (f32 `[heads]`, MiMo-V2's sliding
+/// layers, gpt-oss), head `h`'s softmax has one more column of logit `sinks[h]` (not scaled),
+/// which joins the denominator and is then dropped.
+#[op(
+    name = "attention",
+    inputs(q, k_cache, v_cache, positions, sinks?),
+    outputs(y)
+)]
 pub struct Attention {
     pub scale: f32,
     /// Sliding-window attention: how many rows a query sees, itself included (transformers'
@@ -41,6 +47,24 @@ pub fn check_attention_operands(
     v: &TensorType,
     pos: &TensorType,
 ) -> Result<(), String> {
+    check_qkv(q, k, v)?;
+    if pos.dtype != DType::I32 || pos.shape != [q.shape[0]] {
+        return Err(format!("positions must be i32 [{}], got {pos}", q.shape[0]));
+    }
+    Ok(())
+}
+
+/// The optional sinks operand: one float logit per query head.
+pub fn check_sinks(sinks: Option<&TensorType>, heads: usize) -> Result<(), String> {
+    match sinks {
+        Some(s) if s.dtype.is_int() || s.shape != [heads] => {
+            Err(format!("sinks must be float [{heads}], got {s}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_qkv(q: &TensorType, k: &TensorType, v: &TensorType) -> Result<(), String> {
     if q.rank() != 3 || q.dtype.is_int() {
         return Err(format!(
             "q must be float [tokens, heads, head_dim], got {q}"
@@ -62,9 +86,6 @@ pub fn check_attention_operands(
             k.shape[0], k.shape[1]
         ));
     }
-    if pos.dtype != DType::I32 || pos.shape != [q.shape[0]] {
-        return Err(format!("positions must be i32 [{}], got {pos}", q.shape[0]));
-    }
     Ok(())
 }
 
@@ -78,6 +99,7 @@ impl Op for Attention {
             &inputs[Self::V_CACHE],
             &inputs[Self::POSITIONS],
         )?;
+        check_sinks(inputs.get(Self::SINKS), q.shape[1])?;
         let dv = inputs[Self::V_CACHE].shape[2];
         Ok(vec![TensorType::f32([q.shape[0], q.shape[1], dv])])
     }
@@ -89,20 +111,24 @@ impl Op for Attention {
     fn access(&self, io: Io<'_>, units: Range<usize>) -> Access {
         let group = io.inputs[Self::Q].shape[1] / io.inputs[Self::K_CACHE].shape[1];
         let kv_heads = units.start / group..units.end.div_ceil(group);
+        let mut reads = vec![
+            (Self::Q, axis_region(&io.inputs[Self::Q], 1, units.clone())),
+            (
+                Self::K_CACHE,
+                axis_region(&io.inputs[Self::K_CACHE], 1, kv_heads.clone()),
+            ),
+            (
+                Self::V_CACHE,
+                axis_region(&io.inputs[Self::V_CACHE], 1, kv_heads),
+            ),
+            (Self::POSITIONS, whole(&io.inputs[Self::POSITIONS])),
+        ];
+        if io.inputs.len() > Self::SINKS {
+            reads.push((Self::SINKS, vec![units.clone()]));
+        }
         Access {
-            writes: vec![(Self::Y, axis_region(&io.outputs[Self::Y], 1, units.clone()))],
-            reads: vec![
-                (Self::Q, axis_region(&io.inputs[Self::Q], 1, units)),
-                (
-                    Self::K_CACHE,
-                    axis_region(&io.inputs[Self::K_CACHE], 1, kv_heads.clone()),
-                ),
-                (
-                    Self::V_CACHE,
-                    axis_region(&io.inputs[Self::V_CACHE], 1, kv_heads),
-                ),
-                (Self::POSITIONS, whole(&io.inputs[Self::POSITIONS])),
-            ],
+            writes: vec![(Self::Y, axis_region(&io.outputs[Self::Y], 1, units))],
+            reads,
         }
     }
 
@@ -113,6 +139,7 @@ impl Op for Attention {
             inputs[Self::V_CACHE].f32(),
         );
         let pos = inputs[Self::POSITIONS].i32();
+        let sinks = inputs.get(Self::SINKS).map(|s| s.f32());
         let (t_len, heads, hd) = (q.shape[0], q.shape[1], q.shape[2]);
         let kvh = inputs[Self::K_CACHE].shape[1];
         let dv = inputs[Self::V_CACHE].shape[2];
@@ -132,7 +159,10 @@ impl Op for Attention {
                     .clone()
                     .map(|j| dot(qv, &k[(j * kvh + kv) * hd..][..hd]) * self.scale)
                     .collect();
-                softmax(&mut scores);
+                match sinks {
+                    Some(sinks) => softmax_with_sink(&mut scores, sinks[h]),
+                    None => softmax(&mut scores),
+                }
                 let mut out = vec![0.0f32; dv];
                 for (j, p) in rows.zip(&scores) {
                     for (o, x) in out.iter_mut().zip(&v[(j * kvh + kv) * dv..][..dv]) {

@@ -16,6 +16,7 @@ pub(crate) type Tensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
 pub(crate) fn tiny_spec(architecture: Architecture) -> ModelSpec {
     ModelSpec {
+        hybrid: None,
         architecture,
         vocab_size: 40,
         hidden_size: 16,

@@ -20,6 +20,7 @@ pub fn small_pair(
     format: WeightFormat,
 ) -> (ModelSpec, DraftSpec) {
     let target = ModelSpec {
+        hybrid: None,
         architecture: Architecture::Qwen3Moe,
         vocab_size: vocab,
         hidden_size: 64,

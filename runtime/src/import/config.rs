@@ -3,8 +3,9 @@
 //!
 //! Every error names the file and the field, on one line, because these files are written by users
 //! (or by tools users run) and the message is all they will see. Anything that would change the
-//! model's meaning and that mimo does not implement (sliding windows, RoPE scaling, dense layers
-//! between MoE layers, attention biases) is refused by name rather than silently ignored.
+//! model's meaning and that mimo does not implement (RoPE scaling, attention biases; for Qwen3-MoE
+//! and Mixtral sliding windows and dense layers between MoE layers, which only MiMo-V2 has here:
+//! see `config/mimo.rs`) is refused by name rather than silently ignored.
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,8 @@ use serde_json::{Map, Value};
 
 use mimo_ir::formats::WeightFormat;
 use mimo_ir::{Architecture, ModelSpec, WeightFormats};
+
+mod mimo;
 
 /// Why a `config.json` or `model.toml` could not be turned into a model description.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +32,7 @@ pub enum ConfigError {
         format: &'static str,
         message: String,
     },
-    #[error("unknown {field} `{value}` in {} (supported: qwen3_moe, mixtral)", file.display())]
+    #[error("unknown {field} `{value}` in {} (supported: qwen3_moe, mixtral, mimo_v2_flash)", file.display())]
     UnknownModelType {
         file: PathBuf,
         field: String,
@@ -80,6 +83,27 @@ const KNOWN_KEYS: &[&str] = &[
     "dtype",
     "hidden_act",
     "attention_bias",
+    // MiMo-V2-Flash (see `mimo.rs`).
+    "n_routed_experts",
+    "v_head_dim",
+    "layer_types",
+    "mlp_layer_types",
+    "attention_value_scale",
+    "routed_scaling_factor",
+    "n_group",
+    "topk_group",
+    "hybrid_layer_pattern",
+    "moe_layer_freq",
+    "swa_num_attention_heads",
+    "swa_num_key_value_heads",
+    "swa_head_dim",
+    "swa_v_head_dim",
+    "swa_rope_theta",
+    "sliding_window_size",
+    "partial_rotary_factor",
+    "add_swa_attention_sink_bias",
+    "add_full_attention_sink_bias",
+    "layernorm_epsilon",
 ];
 
 /// The JSON object `text` holds (a `config.json`); `source` names the file in errors.
@@ -225,6 +249,7 @@ impl<'a> Fields<'a> {
             }
         })?;
         let qwen = architecture == Architecture::Qwen3Moe;
+        let mimo = architecture == Architecture::MimoV2Flash;
 
         let hidden_size = self.required("hidden_size", Self::positive)?;
         let num_heads = self.required("num_attention_heads", Self::positive)?;
@@ -233,25 +258,34 @@ impl<'a> Fields<'a> {
             .unwrap_or(num_heads);
         let head_dim = match self.optional("head_dim", Self::positive)? {
             Some(d) => d,
+            None if mimo => 192,
             None if hidden_size % num_heads == 0 => hidden_size / num_heads,
             None => {
                 return Err(self.field_err("head_dim", format!("absent, and hidden_size {hidden_size} is not divisible by num_attention_heads {num_heads}")));
             }
         };
-        let num_experts = self.either_positive("num_experts", "num_local_experts")?;
+        let num_experts = if mimo {
+            self.either_positive("n_routed_experts", "num_local_experts")?
+        } else {
+            self.either_positive("num_experts", "num_local_experts")?
+        };
         let experts_per_token = self.required("num_experts_per_tok", Self::positive)?;
-        let intermediate_key = if qwen {
+        let intermediate_key = if qwen || mimo {
             "moe_intermediate_size"
         } else {
             "intermediate_size"
         };
         let expert_intermediate_size = self.required(intermediate_key, Self::positive)?;
+        let num_layers = self.required("num_hidden_layers", Self::positive)?;
+        let hybrid = mimo
+            .then(|| self.mimo_hybrid(num_layers, num_heads, num_kv_heads))
+            .transpose()?;
 
         let spec = ModelSpec {
             architecture,
             vocab_size: self.required("vocab_size", Self::positive)?,
             hidden_size,
-            num_layers: self.required("num_hidden_layers", Self::positive)?,
+            num_layers,
             num_heads,
             num_kv_heads,
             head_dim,
@@ -260,16 +294,23 @@ impl<'a> Fields<'a> {
             expert_intermediate_size,
             // Defaults are transformers' own: Qwen3MoeConfig(norm_topk_prob=False) in 4.x and 5.x;
             // Mixtral has no such field and always renormalises.
-            norm_topk_prob: if qwen {
-                self.optional("norm_topk_prob", Self::boolean)?
-                    .unwrap_or(false)
-            } else {
-                true
+            // MiMo-V2-Flash: MiMoV2FlashConfig(norm_topk_prob=True).
+            norm_topk_prob: match architecture {
+                Architecture::Mixtral => true,
+                _ => self
+                    .optional("norm_topk_prob", Self::boolean)?
+                    .unwrap_or(mimo),
             },
-            rope_theta: self.rope_theta(if qwen { 10_000.0 } else { 1_000_000.0 })?,
-            rms_norm_eps: self
-                .optional("rms_norm_eps", Self::float)?
-                .unwrap_or(if qwen { 1e-6 } else { 1e-5 }),
+            rope_theta: match &hybrid {
+                Some(h) => h.full.rope_theta,
+                None => self.rope_theta(if qwen { 10_000.0 } else { 1_000_000.0 })?,
+            },
+            rms_norm_eps: if mimo {
+                self.rms_eps_either("rms_norm_eps", "layernorm_epsilon")?
+            } else {
+                self.optional("rms_norm_eps", Self::float)?
+                    .unwrap_or(if qwen { 1e-6 } else { 1e-5 })
+            },
             max_position_embeddings: self
                 .optional("max_position_embeddings", Self::positive)?
                 .unwrap_or(if qwen { 32_768 } else { 131_072 }),
@@ -283,8 +324,10 @@ impl<'a> Fields<'a> {
                     dense: f,
                 }
             },
+            hybrid,
         };
         self.check_unsupported(architecture, spec.max_position_embeddings)?;
+        spec.check().map_err(|message| self.invalid(message))?;
 
         if num_heads % num_kv_heads != 0 {
             return Err(self.field_err(
@@ -299,6 +342,21 @@ impl<'a> Fields<'a> {
             ));
         }
         Ok(spec)
+    }
+
+    /// MiMo-V2's RMSNorm epsilon: transformers' `rms_norm_eps` or the hub's `layernorm_epsilon`
+    /// (1e-5 when neither is given); both present must agree.
+    fn rms_eps_either(&self, a: &str, b: &str) -> Result<f64, ConfigError> {
+        match (
+            self.optional(a, Self::float)?,
+            self.optional(b, Self::float)?,
+        ) {
+            (Some(x), Some(y)) if x != y => {
+                Err(self.field_err(b, format!("{y} conflicts with `{}{a}` = {x}", self.prefix)))
+            }
+            (Some(x), _) | (None, Some(x)) => Ok(x),
+            (None, None) => Ok(1e-5),
+        }
     }
 
     /// `rope_parameters.rope_theta` (5.x) or `rope_theta` (4.x); only plain RoPE is implemented.
@@ -419,6 +477,8 @@ impl<'a> Fields<'a> {
                     ));
                 }
             }
+            // Its sliding windows and dense layers are part of the model (see `mimo.rs`).
+            Architecture::MimoV2Flash => {}
             Architecture::Mixtral => {
                 // A window at least as long as the longest sequence never masks anything.
                 if let Some(w) = self.optional("sliding_window", Self::positive)?
@@ -462,7 +522,7 @@ pub enum ModelSource {
     /// `model.toml`'s directory.
     HfDir(PathBuf),
     /// An architecture described inline: enough to compile, but there are no weights to run.
-    Inline(ModelSpec),
+    Inline(Box<ModelSpec>),
 }
 
 /// `[quantization]`: storage formats overriding the checkpoint's dtype.
@@ -591,7 +651,7 @@ fn parse_model(f: Fields<'_>, base: &Path) -> Result<ModelSource, ConfigError> {
                 let hint = if key == "model_type" { " (write `architecture` instead)" } else { "" };
                 return Err(f.field_err(key, format!("unknown key{hint}")));
             }
-            Ok(ModelSource::Inline(f.spec("architecture")?))
+            Ok(ModelSource::Inline(Box::new(f.spec("architecture")?)))
         }
     }
 }
@@ -882,7 +942,7 @@ mod tests {
     fn unknown_model_type() {
         assert_eq!(
             err(&edit(QWEN_V4, "model_type", Some("llama".into()))),
-            "unknown model_type `llama` in cfg/config.json (supported: qwen3_moe, mixtral)"
+            "unknown model_type `llama` in cfg/config.json (supported: qwen3_moe, mixtral, mimo_v2_flash)"
         );
     }
 
@@ -1031,7 +1091,7 @@ mod tests {
             .to_string();
         assert_eq!(
             e,
-            "unknown model.architecture `gpt2` in /models/x/model.toml (supported: qwen3_moe, mixtral)"
+            "unknown model.architecture `gpt2` in /models/x/model.toml (supported: qwen3_moe, mixtral, mimo_v2_flash)"
         );
         let e = toml("[model]\narchitecture = \"mixtral\"\nnum_expert = 8")
             .unwrap_err()

@@ -116,7 +116,9 @@ fn fused_layout_equals_per_expert() {
                 Architecture::Mixtral => {
                     format!("model.layers.{l}.block_sparse_moe.experts.{e}.{m}.weight")
                 }
-                Architecture::Qwen3Moe => format!("model.layers.{l}.mlp.experts.{e}.{q}.weight"),
+                Architecture::Qwen3Moe | Architecture::MimoV2Flash => {
+                    format!("model.layers.{l}.mlp.experts.{e}.{q}.weight")
+                }
             };
             let gate_up = (0..e)
                 .flat_map(|x| {
@@ -396,4 +398,60 @@ fn fp4_quantised_experts_load() {
             WeightData::F32(_)
         ));
     }
+}
+
+/// A MiMo-V2 checkpoint's own tensors (sinks, the router's selection bias, the dense layer) are
+/// read and checked by name like every other.
+#[test]
+fn mimo_tensors_are_named_in_errors() {
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hf/mimo_v2_flash_a");
+    let config = std::fs::read_to_string(fixture.join("config.json")).unwrap();
+    let spec = crate::import::config::spec_from_hf_config(&config, &fixture).unwrap();
+    let ckpt = Checkpoint::open(&fixture).unwrap();
+    let t: Tensors = ckpt
+        .tensor_names()
+        .map(|n| (n.to_string(), ckpt.read_f32(n).unwrap()))
+        .collect();
+    let store = load(&spec, &fixture).unwrap();
+    assert_eq!(store.len(), all_weights(&spec).len());
+    for (ir, hf) in [
+        (
+            "layers.1.sinks",
+            "model.layers.1.self_attn.attention_sink_bias",
+        ),
+        (
+            "layers.2.router_bias",
+            "model.layers.2.mlp.gate.e_score_correction_bias",
+        ),
+        ("layers.0.mlp.down", "model.layers.0.mlp.down_proj.weight"),
+    ] {
+        assert_eq!(store.get(ir).unwrap().to_f32(), t[hf].1, "{ir}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("model.safetensors");
+    rewrite(dir.path(), &t, |t| {
+        t.insert(
+            "model.layers.2.self_attn.attention_sink_bias".into(),
+            (vec![3], values(3, 1)),
+        );
+    });
+    assert_eq!(
+        load(&spec, dir.path()).unwrap_err().to_string(),
+        format!(
+            "tensor `model.layers.2.self_attn.attention_sink_bias` in {}: expected shape [4], found [3]",
+            file.display()
+        )
+    );
+    rewrite(dir.path(), &t, |t| {
+        drop(t.remove("model.layers.1.mlp.gate.e_score_correction_bias"))
+    });
+    assert_eq!(
+        load(&spec, dir.path()).unwrap_err().to_string(),
+        format!(
+            "missing tensor `model.layers.1.mlp.gate.e_score_correction_bias` in {}",
+            dir.path().display()
+        )
+    );
 }

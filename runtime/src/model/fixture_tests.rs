@@ -48,15 +48,23 @@ fn every_fixture_loads() {
             "{}",
             dir.display()
         );
-        // Spot-check a dense weight and one expert against the raw tensors.
+        // Spot-check a dense weight and one expert of the last layer (MiMo-V2's first is dense)
+        // against the raw tensors.
         let embed = ckpt.read_f32("model.embed_tokens.weight").unwrap().1;
         assert_eq!(m.weights.get("embed").unwrap().to_f32(), embed);
-        let down = m.weights.get("layers.0.experts.down").unwrap().to_f32();
+        let l = m.spec.num_layers - 1;
+        let down = m
+            .weights
+            .get(&format!("layers.{l}.experts.down"))
+            .unwrap()
+            .to_f32();
         let last = m.spec.num_experts - 1;
         let name = match m.spec.architecture {
-            Architecture::Qwen3Moe => format!("model.layers.0.mlp.experts.{last}.down_proj.weight"),
+            Architecture::Qwen3Moe | Architecture::MimoV2Flash => {
+                format!("model.layers.{l}.mlp.experts.{last}.down_proj.weight")
+            }
             Architecture::Mixtral => {
-                format!("model.layers.0.block_sparse_moe.experts.{last}.w2.weight")
+                format!("model.layers.{l}.block_sparse_moe.experts.{last}.w2.weight")
             }
         };
         if ckpt.contains(&name) {

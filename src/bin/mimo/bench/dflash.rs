@@ -448,7 +448,7 @@ pub(super) fn run(
     Ok(())
 }
 
-/// Bytes one expert's three matrices take, in the experts' format.
+/// Bytes one expert's three matrices take, in the experts' format (the same in every MoE layer).
 fn expert_bytes(spec: &mimo_ir::ModelSpec) -> f64 {
     [
         LayerWeight::ExpertsGate,
@@ -456,7 +456,7 @@ fn expert_bytes(spec: &mimo_ir::ModelSpec) -> f64 {
         LayerWeight::ExpertsDown,
     ]
     .iter()
-    .map(|w| w.shape(spec).iter().product::<usize>() as f64)
+    .map(|w| w.shape(spec, 0).iter().product::<usize>() as f64)
     .sum::<f64>()
         * spec.formats.experts.bytes_per_element()
         / spec.num_experts.max(1) as f64
