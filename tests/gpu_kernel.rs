@@ -43,6 +43,7 @@ use mimo_ir::formats::WeightFormat;
 use mimo_ir::interp::{self, F32Weights, StateStore};
 use mimo_ir::math::Rng;
 use mimo_ir::model::build::decode_graph;
+use mimo_ir::ops::router_topk::RouterScoring;
 use mimo_ir::ops::{
     Add, Argmax, Attention, Embedding, ExpertLinear, KvAppend, Linear, Reshape, RmsNorm, Rope,
     RouterTopK, SiluMul, WeightedSum,
@@ -214,123 +215,141 @@ fn op_graphs(spec: &ModelSpec, ctx: usize) -> Vec<OpGraph> {
     });
 
     // k-norm + RoPE + KV append; q-norm + RoPE + split-K attention; merge + o_proj + residual.
-    let mut b = GraphBuilder::new("attention");
-    let pos = b.input("positions", TensorType::i32([1])).unwrap();
-    let mut heads = Vec::new();
-    for (name, n) in [("q", nh), ("k", kvh), ("v", kvh)] {
-        let raw = b
-            .input(&format!("{name}_raw"), TensorType::f32([1, n * hd]))
-            .unwrap();
-        let mut t = b
-            .op1(
-                &format!("{name}_heads"),
-                Reshape {
-                    shape: vec![1, n, hd],
-                },
-                &[raw],
-            )
-            .unwrap();
-        if name != "v" {
-            let w = weight(&mut b, &format!("{name}_norm"), &[hd], dense);
-            t = b
-                .op1(&format!("{name}_normed"), RmsNorm { eps }, &[t, w])
+    // Then the same over a sliding window of 5 rows (shorter than the test's 40 steps) with a
+    // learned sink per head (MiMo-V2's sliding layers).
+    for (name, window, with_sinks) in [("attention", 0, false), ("attention_window_sinks", 5, true)]
+    {
+        let mut b = GraphBuilder::new(name);
+        let pos = b.input("positions", TensorType::i32([1])).unwrap();
+        let mut heads = Vec::new();
+        for (name, n) in [("q", nh), ("k", kvh), ("v", kvh)] {
+            let raw = b
+                .input(&format!("{name}_raw"), TensorType::f32([1, n * hd]))
                 .unwrap();
-            t = b
+            let mut t = b
                 .op1(
-                    &format!("{name}_rope"),
-                    Rope {
-                        theta: spec.rope_theta,
-                        rotary_dim: 0,
+                    &format!("{name}_heads"),
+                    Reshape {
+                        shape: vec![1, n, hd],
                     },
-                    &[t, pos],
+                    &[raw],
                 )
                 .unwrap();
+            if name != "v" {
+                let w = weight(&mut b, &format!("{name}_norm"), &[hd], dense);
+                t = b
+                    .op1(&format!("{name}_normed"), RmsNorm { eps }, &[t, w])
+                    .unwrap();
+                t = b
+                    .op1(
+                        &format!("{name}_rope"),
+                        Rope {
+                            theta: spec.rope_theta,
+                            rotary_dim: 0,
+                        },
+                        &[t, pos],
+                    )
+                    .unwrap();
+            }
+            heads.push(t);
         }
-        heads.push(t);
+        let cache = TensorType::new([ctx, kvh, hd], DType::Bf16);
+        let kc = b.state("k_cache", cache.clone()).unwrap();
+        let vc = b.state("v_cache", cache).unwrap();
+        let k_all = b
+            .op1("k_append", KvAppend {}, &[kc, heads[1], pos])
+            .unwrap();
+        let v_all = b
+            .op1("v_append", KvAppend {}, &[vc, heads[2], pos])
+            .unwrap();
+        let sinks: Vec<mimo_ir::Value> = with_sinks
+            .then(|| weight(&mut b, "sinks", &[nh], dense))
+            .into_iter()
+            .collect();
+        let att = b
+            .op1(
+                "attention",
+                Attention {
+                    scale: 1.0 / (hd as f32).sqrt(),
+                    window,
+                },
+                &[&[heads[0], k_all, v_all, pos][..], &sinks].concat(),
+            )
+            .unwrap();
+        let flat = b
+            .op1(
+                "attn_flat",
+                Reshape {
+                    shape: vec![1, nh * hd],
+                },
+                &[att],
+            )
+            .unwrap();
+        let wo = weight(&mut b, "wo", &[h, nh * hd], dense);
+        let o = b.op1("o_proj", Linear {}, &[flat, wo]).unwrap();
+        let resid = b.input("residual", TensorType::f32([1, h])).unwrap();
+        let y = b.op1("attn_residual", Add {}, &[resid, o]).unwrap();
+        b.output("y", y).unwrap();
+        out.push(OpGraph {
+            name,
+            graph: b.finish().unwrap(),
+            kinds: vec![
+                FusedKind::KvAppend,
+                FusedKind::AttentionPartial,
+                FusedKind::OprojResidual,
+            ],
+        });
     }
-    let cache = TensorType::new([ctx, kvh, hd], DType::Bf16);
-    let kc = b.state("k_cache", cache.clone()).unwrap();
-    let vc = b.state("v_cache", cache).unwrap();
-    let k_all = b
-        .op1("k_append", KvAppend {}, &[kc, heads[1], pos])
-        .unwrap();
-    let v_all = b
-        .op1("v_append", KvAppend {}, &[vc, heads[2], pos])
-        .unwrap();
-    let att = b
-        .op1(
-            "attention",
-            Attention {
-                scale: 1.0 / (hd as f32).sqrt(),
-                window: 0,
-            },
-            &[heads[0], k_all, v_all, pos],
-        )
-        .unwrap();
-    let flat = b
-        .op1(
-            "attn_flat",
-            Reshape {
-                shape: vec![1, nh * hd],
-            },
-            &[att],
-        )
-        .unwrap();
-    let wo = weight(&mut b, "wo", &[h, nh * hd], dense);
-    let o = b.op1("o_proj", Linear {}, &[flat, wo]).unwrap();
-    let resid = b.input("residual", TensorType::f32([1, h])).unwrap();
-    let y = b.op1("attn_residual", Add {}, &[resid, o]).unwrap();
-    b.output("y", y).unwrap();
-    out.push(OpGraph {
-        name: "attention",
-        graph: b.finish().unwrap(),
-        kinds: vec![
-            FusedKind::KvAppend,
-            FusedKind::AttentionPartial,
-            FusedKind::OprojResidual,
-        ],
-    });
 
     // Router + top-k + expert gate/up + SiLU; top-k + expert down + weighted sum + residual.
-    let mut b = GraphBuilder::new("experts");
-    let x = b.input("x", TensorType::f32([1, h])).unwrap();
-    let nw = weight(&mut b, "ffn_norm", &[h], dense);
-    let hn = b.op1("ffn_in", RmsNorm { eps }, &[x, nw]).unwrap();
-    let router = weight(&mut b, "router", &[e, h], dense);
-    let logits = b.op1("router_logits", Linear {}, &[hn, router]).unwrap();
-    let routed = b
-        .op(
-            "route",
-            RouterTopK::softmax(k, spec.norm_topk_prob),
-            &[logits],
-        )
-        .unwrap();
-    let (rid, rw) = (routed[RouterTopK::IDS], routed[RouterTopK::WEIGHTS]);
-    let gate_w = weight(&mut b, "experts.gate", &[e, i, h], experts);
-    let up_w = weight(&mut b, "experts.up", &[e, i, h], experts);
-    let down_w = weight(&mut b, "experts.down", &[e, h, i], experts);
-    let g = b
-        .op1("expert_gate", ExpertLinear {}, &[hn, rid, gate_w])
-        .unwrap();
-    let u = b
-        .op1("expert_up", ExpertLinear {}, &[hn, rid, up_w])
-        .unwrap();
-    let act = b.op1("expert_act", SiluMul {}, &[g, u]).unwrap();
-    let d = b
-        .op1("expert_down", ExpertLinear {}, &[act, rid, down_w])
-        .unwrap();
-    let moe = b.op1("moe_out", WeightedSum {}, &[d, rw]).unwrap();
-    let y = b.op1("moe_residual", Add {}, &[x, moe]).unwrap();
-    b.output("y", y).unwrap();
-    out.push(OpGraph {
-        name: "experts",
-        graph: b.finish().unwrap(),
-        kinds: vec![
-            FusedKind::NormMatmul,
-            FusedKind::ExpertGateUp,
-            FusedKind::ExpertDown,
-        ],
-    });
+    // Then with MiMo-V2's router: sigmoid scores, a selection bias, a scale.
+    for (name, sigmoid) in [("experts", false), ("experts_sigmoid", true)] {
+        let mut b = GraphBuilder::new(name);
+        let x = b.input("x", TensorType::f32([1, h])).unwrap();
+        let nw = weight(&mut b, "ffn_norm", &[h], dense);
+        let hn = b.op1("ffn_in", RmsNorm { eps }, &[x, nw]).unwrap();
+        let router = weight(&mut b, "router", &[e, h], dense);
+        let logits = b.op1("router_logits", Linear {}, &[hn, router]).unwrap();
+        let routed = if sigmoid {
+            let bias = weight(&mut b, "router_bias", &[e], dense);
+            let router = RouterTopK {
+                k,
+                normalize: spec.norm_topk_prob,
+                scoring: RouterScoring::Sigmoid,
+                scale: 2.5,
+            };
+            b.op("route", router, &[logits, bias]).unwrap()
+        } else {
+            let router = RouterTopK::softmax(k, spec.norm_topk_prob);
+            b.op("route", router, &[logits]).unwrap()
+        };
+        let (rid, rw) = (routed[RouterTopK::IDS], routed[RouterTopK::WEIGHTS]);
+        let gate_w = weight(&mut b, "experts.gate", &[e, i, h], experts);
+        let up_w = weight(&mut b, "experts.up", &[e, i, h], experts);
+        let down_w = weight(&mut b, "experts.down", &[e, h, i], experts);
+        let g = b
+            .op1("expert_gate", ExpertLinear {}, &[hn, rid, gate_w])
+            .unwrap();
+        let u = b
+            .op1("expert_up", ExpertLinear {}, &[hn, rid, up_w])
+            .unwrap();
+        let act = b.op1("expert_act", SiluMul {}, &[g, u]).unwrap();
+        let d = b
+            .op1("expert_down", ExpertLinear {}, &[act, rid, down_w])
+            .unwrap();
+        let moe = b.op1("moe_out", WeightedSum {}, &[d, rw]).unwrap();
+        let y = b.op1("moe_residual", Add {}, &[x, moe]).unwrap();
+        b.output("y", y).unwrap();
+        out.push(OpGraph {
+            name,
+            graph: b.finish().unwrap(),
+            kinds: vec![
+                FusedKind::NormMatmul,
+                FusedKind::ExpertGateUp,
+                FusedKind::ExpertDown,
+            ],
+        });
+    }
 
     // Final norm + lm_head + chunked argmax.
     let mut b = GraphBuilder::new("lm_head");
@@ -703,7 +722,11 @@ fn gpu_each_op_template_matches_its_reference() {
             // On the emulator (CI-sized) 16 workers, not 64: waiting blocks cost it time.
             let most = if common::on_emulator(&dev) { 16 } else { 64 };
             for workers in [info.sm_count.min(most), 3] {
-                let steps = if og.name == "attention" { 40 } else { 4 };
+                let steps = if og.name.starts_with("attention") {
+                    40
+                } else {
+                    4
+                };
                 check_graph_on_gpu(&dev, &spec, &og, workers, &limits, steps);
             }
         }

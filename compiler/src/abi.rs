@@ -23,7 +23,7 @@ use crate::kinds::{self, TaskArgs};
 use crate::program::Program;
 
 /// `MIMO_ABI_VERSION`: an artifact records it, and a runtime refuses a kernel of another.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 /// `MIMO_NONE`: an absent operand.
 pub const NONE: u32 = u32::MAX;
 
@@ -370,12 +370,19 @@ mod tests {
                 experts: 6,
                 top_k: 7,
                 normalize: 1,
+                sigmoid: 1,
+                selection_bias: 11,
+                scale: 2.5,
             },
             hidden: 8,
             intermediate: 9,
         };
-        assert_eq!(kinds::ExpertDownArgs::WORDS, 10);
-        assert_eq!(down.to_words(), [1, 2, 3, 4, 5, 6, 7, 1, 8, 9]);
+        assert_eq!(kinds::ExpertDownArgs::WORDS, 13);
+        let scale = 2.5f32.to_bits();
+        assert_eq!(
+            down.to_words(),
+            [1, 2, 3, 4, 5, 6, 7, 1, 1, 11, scale, 8, 9]
+        );
         assert_eq!(kinds::ExpertDownArgs::from_words(&down.to_words()), down);
         let arena: Vec<u32> = down
             .operands()

@@ -1,7 +1,8 @@
 // TASK_ATTENTION_PARTIAL: split-K ("flash decoding") attention. Unit u is KV head u / splits,
 // split s = u % splits; it serves the G = HEADS / KVH query heads of that KV head, which share
-// each K and V row read. For token t the context is L = positions[t] + 1 rows and split s covers
-// rows [s*L/splits, (s+1)*L/splits). Per query head h:
+// each K and V row read. For token t the context is the L rows from r = 0 to positions[t], or
+// with a sliding window (window > 0) only the last window of them (r = max(0, positions[t] + 1 -
+// window)), and split s covers rows [r + s*L/splits, r + (s+1)*L/splits). Per query head h:
 //   q = rope(qk_norm ? rms_norm(q_raw[t, h, :], q_norm_w) : q_raw[t, h, :], rope_pos[t])
 // (rope_pos = positions unless the op has its own, rope_positions: the DFlash draft's block queries are
 // rotated at their own positions but all attend up to the block's last)
@@ -176,8 +177,10 @@ __device__ __noinline__ u32 run_attention_partial(const KernelParams& p, const A
         for (u32 t = 0; t < kTokens; ++t) {
             const i32 pos = ld_act_i32(p.arena + a.positions + t);
             const i32 rope_pos = a.rope_positions == MIMO_NONE ? pos : ld_act_i32(p.arena + a.rope_positions + t);
-            const u64 L = (u64)(u32)pos + 1u;
-            const u32 r0 = (u32)(s * L / splits), r1 = (u32)((s + 1u) * L / splits);
+            const u64 end = (u64)(u32)pos + 1u;
+            const u64 begin = a.window != 0u && end > a.window ? end - a.window : 0u;
+            const u64 L = end - begin;
+            const u32 r0 = (u32)(begin + s * L / splits), r1 = (u32)(begin + (s + 1u) * L / splits);
 
             for (u32 h = warp_id(); h < G; h += kWarps) {
                 float* q = sm.q + h * hd;

@@ -1,7 +1,8 @@
 // TASK_OPROJ_RESIDUAL: merges the split-K attention partials, then the output projection and
 // the residual add. Units: output features (H).
-//   attn[t, h, :] = sum_s exp(m_s - M) acc_s / sum_s exp(m_s - M) l_s   (M = max m_s; splits
-//                   with l_s == 0 are skipped), flattened to [T, HEADS*HD]
+//   attn[t, h, :] = sum_s exp(m_s - M) acc_s / (exp(sink_h - M) + sum_s exp(m_s - M) l_s)
+//                   (M = max(sink_h, max m_s); splits with l_s == 0 are skipped; without sinks
+//                   sink_h = -inf), flattened to [T, HEADS*HD]
 //   out[t, n] = residual[t, n] + sum_k attn[t, k] wo[n, k]
 #pragma once
 
@@ -44,10 +45,14 @@ __device__ __forceinline__ void merge_attention_head(const KernelParams& p, cons
     float m_max = neg_inf();
     for (u32 s = lane; s < splits; s += 32) m_max = fmaxf(m_max, ld_act_f32(ml + 2u * s));
     m_max = warp_max(m_max);
+    // A learned sink logit: one more softmax column with no value (MiMo-V2's sliding layers).
+    const bool sink = a.sinks != MIMO_NONE;
+    const float sink_logit = sink ? weight_element(weight_desc(p, a.sinks), 0, h) : neg_inf();
+    m_max = fmaxf(m_max, sink_logit);
     float sum[M][2];
 #pragma unroll
     for (u32 j = 0; j < M; ++j) sum[j][0] = sum[j][1] = 0.0f;
-    float l = 0.0f;
+    float l = sink ? expf(sink_logit - m_max) : 0.0f;
     for (u32 s = 0; s < splits; ++s) {
         const float ls = ld_act_f32(ml + 2u * s + 1u);
         if (ls == 0.0f) continue;  // an empty split adds nothing

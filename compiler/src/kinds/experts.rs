@@ -1,6 +1,7 @@
 //! The routed experts, two kinds that each recompute the routing of every token from its router
-//! logits: p = softmax(logits[t, :]); the TOP_K largest (the lower index first on ties), in
-//! descending order; weights renormalised to sum 1 when `normalize`.
+//! logits: scores p = softmax(logits[t, :]) or (MiMo-V2) sigmoid(logits[t, :]); the TOP_K largest
+//! of p + selection_bias (the lower index first on ties), in descending order; weights the
+//! chosen p, renormalised to sum 1 when `normalize` (sigmoid: sum + 1e-20), times `scale`.
 //!
 //! - `expert_gate_up`: h = rms_norm(x, norm_w); for routed slot j of token t (expert e = id[t, j])
 //!   and feature n in the tile: act[t, j, n] = silu(h[t] . gate[e, n]) * (h[t] . up[e, n]).
@@ -8,10 +9,11 @@
 //! - `expert_down`: out[t, n] = residual[t, n] + sum_j w[t, j] * (act[t, j] . down[e_j, n])
 //!   (slots summed in order j = 0, 1, ...). Units: hidden features (H).
 
+use mimo_ir::ops::router_topk::RouterScoring;
 use mimo_ir::ops::{Add, ExpertLinear, RmsNorm, RouterTopK, SiluMul, WeightedSum};
 
 use super::{Encoder, KernelShape, OpTypes, op_type, smem};
-use crate::abi::{AbiError, ArenaOffset, CStruct, WeightIndex};
+use crate::abi::{AbiError, ArenaOffset, CStruct, NONE, WeightIndex};
 use crate::fuse::FusedOp;
 
 /// The routing both expert kinds recompute from the router logits (see this module).
@@ -25,6 +27,12 @@ pub struct ExpertRouting {
     pub top_k: u32,
     /// 0 or 1: the top-k weights renormalised to sum 1
     pub normalize: u32,
+    /// 0: softmax scores; 1: sigmoid scores
+    pub sigmoid: u32,
+    /// [E] added to the scores for the choice only, or MIMO_NONE
+    pub selection_bias: WeightIndex,
+    /// multiplies the final weights (MiMo-V2's routed_scaling_factor; 1 elsewhere)
+    pub scale: f32,
 }
 
 /// TASK_EXPERT_GATE_UP's operands (compiler/src/kinds/experts.rs).
@@ -112,9 +120,6 @@ fn routing<'c>(
 ) -> Result<(ExpertRouting, &'c [usize], usize), AbiError> {
     let route = cx.one::<RouterTopK>(op)?;
     let router = cx.attrs::<RouterTopK>(route).expect("a member of its type");
-    if !router.is_softmax() || cx.node(route).inputs.len() > RouterTopK::SELECTION_BIAS {
-        return Err(cx.shape_error(op, "sigmoid routing has no CUDA template yet"));
-    }
     let first = cx
         .members::<ExpertLinear>(op)
         .first()
@@ -126,6 +131,12 @@ fn routing<'c>(
         experts: weight[0] as u32,
         top_k: router.k as u32,
         normalize: router.normalize as u32,
+        sigmoid: (router.scoring == RouterScoring::Sigmoid) as u32,
+        selection_bias: match cx.node(route).inputs.get(RouterTopK::SELECTION_BIAS) {
+            Some(&bias) => cx.weight(bias)?,
+            None => NONE,
+        },
+        scale: router.scale,
     };
     Ok((routing, weight, first))
 }

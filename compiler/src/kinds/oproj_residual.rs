@@ -6,7 +6,7 @@
 use mimo_ir::ops::{Add, AttentionCombine, Linear, Reshape};
 
 use super::{Encoder, KernelShape, OpTypes, op_type, smem};
-use crate::abi::{AbiError, ArenaOffset, CStruct, WeightIndex};
+use crate::abi::{AbiError, ArenaOffset, CStruct, NONE, WeightIndex};
 use crate::fuse::FusedOp;
 
 /// TASK_OPROJ_RESIDUAL's operands (compiler/src/kinds/oproj_residual.rs).
@@ -23,6 +23,8 @@ pub struct OprojResidualArgs {
     pub out: ArenaOffset,
     /// [H, HEADS * HD]
     pub wo: WeightIndex,
+    /// [HEADS] learned sink logits joining each head's softmax denominator, or MIMO_NONE
+    pub sinks: WeightIndex,
     pub heads: u32,
     pub head_dim: u32,
     pub splits: u32,
@@ -52,9 +54,6 @@ pub(super) fn encode(cx: &Encoder, op: &FusedOp) -> Result<OprojResidualArgs, Ab
         cx.one::<Linear>(op)?,
         cx.one::<Add>(op)?,
     );
-    if cx.node(c).inputs.len() > AttentionCombine::SINKS {
-        return Err(cx.shape_error(op, "attention sinks have no CUDA template yet"));
-    }
     let acc = cx.input(c, AttentionCombine::ACC);
     let shape = cx.shape(acc);
     let wo = cx.input(l, Linear::WEIGHT);
@@ -64,6 +63,10 @@ pub(super) fn encode(cx: &Encoder, op: &FusedOp) -> Result<OprojResidualArgs, Ab
         residual: cx.arena(cx.other_input(add, l)?)?,
         out: cx.arena_out(add, Add::Y)?,
         wo: cx.weight(wo)?,
+        sinks: match cx.node(c).inputs.get(AttentionCombine::SINKS) {
+            Some(&sinks) => cx.weight(sinks)?,
+            None => NONE,
+        },
         heads: shape[1] as u32,
         head_dim: shape[3] as u32,
         splits: shape[2] as u32,
