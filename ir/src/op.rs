@@ -218,6 +218,34 @@ pub(crate) mod tests {
     use crate::model::random::random_weights;
     use crate::{Architecture, ModelSpec};
 
+    /// The results of `op`'s tile `units` over `inputs` (i32 or f32), from zeroed results of
+    /// the types it infers.
+    pub(crate) fn run_reference(
+        op: &dyn Op,
+        inputs: &[&Tensor],
+        units: Range<usize>,
+    ) -> Vec<Tensor> {
+        let types: Vec<TensorType> = inputs
+            .iter()
+            .map(|t| {
+                let dtype = if t.is_i32() {
+                    crate::DType::I32
+                } else {
+                    crate::DType::F32
+                };
+                TensorType::new(t.shape.clone(), dtype)
+            })
+            .collect();
+        let mut out: Vec<Tensor> = op
+            .infer(&types)
+            .unwrap()
+            .iter()
+            .map(Tensor::zeros)
+            .collect();
+        op.reference(inputs, &mut out, units);
+        out
+    }
+
     fn in_region(shape: &[usize], region: &Region, flat: usize) -> bool {
         let mut rem = flat;
         let mut inside = true;

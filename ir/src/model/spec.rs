@@ -45,8 +45,9 @@ impl Architecture {
     }
 
     /// Whether the megakernel's CUDA templates cover this family. MiMo-V2's sliding-window and
-    /// sink attention, partial RoPE, narrow values, value scale and sigmoid router have none yet:
-    /// it runs on the reference interpreter and the CPU schedule executor.
+    /// sink attention and its sigmoid router have templates; its partial RoPE, narrow values and
+    /// value scale have none yet, so it runs on the reference interpreter and the CPU schedule
+    /// executor.
     pub fn has_megakernel(self) -> bool {
         !matches!(self, Architecture::MimoV2Flash)
     }

@@ -188,19 +188,7 @@ mod tests {
     fn attend(window: usize, q: &Tensor, k: &Tensor, v: &Tensor, positions: &[i32]) -> Tensor {
         let op = Attention { scale: 0.5, window };
         let pos = Tensor::from_i32([positions.len()], positions.to_vec());
-        let ty = |t: &Tensor| {
-            let dtype = if t.is_i32() { DType::I32 } else { DType::F32 };
-            TensorType::new(t.shape.clone(), dtype)
-        };
-        let types: Vec<TensorType> = [q, k, v, &pos].into_iter().map(ty).collect();
-        let mut out: Vec<Tensor> = op
-            .infer(&types)
-            .unwrap()
-            .iter()
-            .map(Tensor::zeros)
-            .collect();
-        op.reference(&[q, k, v, &pos], &mut out, 0..4);
-        out.remove(0)
+        crate::op::tests::run_reference(&op, &[q, k, v, &pos], 0..4).remove(0)
     }
 
     fn random(shape: [usize; 3], rng: &mut Rng) -> Tensor {

@@ -58,11 +58,6 @@ impl RouterTopK {
             scale: 1.0,
         }
     }
-
-    /// Whether this is [`RouterTopK::softmax`] (the router the megakernel implements).
-    pub fn is_softmax(&self) -> bool {
-        self.scoring == RouterScoring::Softmax && self.scale == 1.0
-    }
 }
 
 impl Op for RouterTopK {
@@ -174,17 +169,7 @@ mod tests {
         let bias = bias.map(|b| Tensor::from_f32([e], b.to_vec()));
         let mut inputs = vec![&logits];
         inputs.extend(bias.as_ref());
-        let types: Vec<TensorType> = inputs
-            .iter()
-            .map(|t| TensorType::f32(t.shape.clone()))
-            .collect();
-        let mut out: Vec<Tensor> = op
-            .infer(&types)
-            .unwrap()
-            .iter()
-            .map(Tensor::zeros)
-            .collect();
-        op.reference(&inputs, &mut out, 0..1);
+        let out = crate::op::tests::run_reference(op, &inputs, 0..1);
         (out[0].i32().to_vec(), out[1].f32().to_vec())
     }
 

@@ -222,21 +222,27 @@ impl<'a> Fields<'a> {
             .ok_or_else(|| self.field_err(key, format!("expected a string, got {}", short(v))))
     }
 
-    /// One of two spellings of the same field (`num_experts` / `num_local_experts`); both present
-    /// and different is an error, since either choice could be wrong.
-    fn either_positive(&self, a: &str, b: &str) -> Result<usize, ConfigError> {
-        match (
-            self.optional(a, Self::positive)?,
-            self.optional(b, Self::positive)?,
-        ) {
+    /// One of two spellings of the same field (`num_experts` / `num_local_experts`), parsed by
+    /// `parse`; both present and different is an error, since either choice could be wrong.
+    fn either<T: PartialEq + Display>(
+        &self,
+        a: &str,
+        b: &str,
+        parse: impl Fn(&Self, &str, &'a Value) -> Result<T, ConfigError>,
+    ) -> Result<Option<T>, ConfigError> {
+        match (self.optional(a, &parse)?, self.optional(b, &parse)?) {
             (Some(x), Some(y)) if x != y => {
                 Err(self.field_err(b, format!("{y} conflicts with `{}{a}` = {x}", self.prefix)))
             }
-            (Some(x), _) | (None, Some(x)) => Ok(x),
-            (None, None) => {
-                Err(self.field_err(a, format!("missing (required; or `{}{b}`)", self.prefix)))
-            }
+            (x, y) => Ok(x.or(y)),
         }
+    }
+
+    /// [`Fields::either`] of two positive integers, one of them required.
+    fn either_positive(&self, a: &str, b: &str) -> Result<usize, ConfigError> {
+        self.either(a, b, Self::positive)?.ok_or_else(|| {
+            self.field_err(a, format!("missing (required; or `{}{b}`)", self.prefix))
+        })
     }
 
     fn spec(&self, model_type_key: &str) -> Result<ModelSpec, ConfigError> {
@@ -306,7 +312,9 @@ impl<'a> Fields<'a> {
                 None => self.rope_theta(if qwen { 10_000.0 } else { 1_000_000.0 })?,
             },
             rms_norm_eps: if mimo {
-                self.rms_eps_either("rms_norm_eps", "layernorm_epsilon")?
+                // transformers' key or the hub's; both present must agree.
+                self.either("rms_norm_eps", "layernorm_epsilon", Self::float)?
+                    .unwrap_or(1e-5)
             } else {
                 self.optional("rms_norm_eps", Self::float)?
                     .unwrap_or(if qwen { 1e-6 } else { 1e-5 })
@@ -342,21 +350,6 @@ impl<'a> Fields<'a> {
             ));
         }
         Ok(spec)
-    }
-
-    /// MiMo-V2's RMSNorm epsilon: transformers' `rms_norm_eps` or the hub's `layernorm_epsilon`
-    /// (1e-5 when neither is given); both present must agree.
-    fn rms_eps_either(&self, a: &str, b: &str) -> Result<f64, ConfigError> {
-        match (
-            self.optional(a, Self::float)?,
-            self.optional(b, Self::float)?,
-        ) {
-            (Some(x), Some(y)) if x != y => {
-                Err(self.field_err(b, format!("{y} conflicts with `{}{a}` = {x}", self.prefix)))
-            }
-            (Some(x), _) | (None, Some(x)) => Ok(x),
-            (None, None) => Ok(1e-5),
-        }
     }
 
     /// `rope_parameters.rope_theta` (5.x) or `rope_theta` (4.x); only plain RoPE is implemented.
