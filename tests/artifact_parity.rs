@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{check_against_hf, compile_artifact, megakernel_fixtures, mimo, model_toml};
+use common::{check_against_hf, compile_artifact, hf_fixtures, mimo, model_toml};
 
 fn compile(model: &Path, out: &Path, workers: &str) {
     compile_artifact(model, out, &["--workers", workers]);
@@ -25,7 +25,7 @@ fn compile(model: &Path, out: &Path, workers: &str) {
 #[test]
 fn compiled_artifacts_match_transformers() {
     let tmp = tempfile::tempdir().unwrap();
-    for (i, fixture) in megakernel_fixtures().into_iter().enumerate() {
+    for (i, fixture) in hf_fixtures().into_iter().enumerate() {
         let name = fixture.file_name().unwrap().to_string_lossy().to_string();
         // Vary the worker count: the schedule must not change the result.
         let workers = ["3", "8", "5"][i % 3];
@@ -43,7 +43,7 @@ fn compiled_artifacts_match_transformers() {
 #[test]
 fn a_stale_artifact_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let fixture = &megakernel_fixtures()[0];
+    let fixture = &hf_fixtures()[0];
     let model = tmp.path().join("model");
     std::fs::create_dir(&model).unwrap();
     for entry in std::fs::read_dir(fixture).unwrap() {

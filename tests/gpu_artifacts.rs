@@ -14,8 +14,7 @@ use std::path::Path;
 
 use common::parity::{Bf16Twin, MODEL_TOLERANCE, Oracle, check_greedy_run};
 use common::{
-    compile_artifact, ids, megakernel_fixtures, mimo_compile, mimo_json, model_toml, read_json,
-    write_draft,
+    compile_artifact, hf_fixtures, ids, mimo_compile, mimo_json, model_toml, read_json, write_draft,
 };
 use mimo::random_checkpoint::{RandomOptions, write_random_checkpoint};
 use mimo_ir::formats::WeightFormat;
@@ -99,7 +98,7 @@ fn gpu_fixture_artifacts_generate_like_the_interpreter() {
         ("bf16", "f32"),
     ];
     let tmp = tempfile::tempdir().unwrap();
-    for (i, fixture) in megakernel_fixtures().into_iter().enumerate() {
+    for (i, fixture) in hf_fixtures().into_iter().enumerate() {
         let name = fixture.file_name().unwrap().to_string_lossy().to_string();
         let (experts, dense) = formats[i % formats.len()];
         let workers = i % 8 + 1;

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::parity::{Bf16Twin, MODEL_TOLERANCE, Oracle, compare_greedy, rel_l2};
-use common::{megakernel_fixtures, mimo, mimo_compile, mimo_json, model_toml, read_json};
+use common::{hf_fixtures, mimo, mimo_compile, mimo_json, model_toml, read_json};
 use mimo::random_checkpoint::random_weights;
 use mimo_compiler::fuse::FusedKind;
 use mimo_compiler::{CompileOptions, Machine, Program, compile};
@@ -46,7 +46,7 @@ use mimo_ir::model::build::decode_graph;
 use mimo_ir::ops::router_topk::RouterScoring;
 use mimo_ir::ops::{
     Add, Argmax, Attention, Embedding, ExpertLinear, KvAppend, Linear, Reshape, RmsNorm, Rope,
-    RouterTopK, SiluMul, WeightedSum,
+    RouterTopK, Scale, SiluMul, WeightedSum,
 };
 use mimo_ir::weights::{Weight, WeightStore};
 use mimo_ir::{
@@ -129,7 +129,7 @@ fn small_limits() -> ModelSpec {
         ModelSpec::tiny(Architecture::Qwen3Moe),
         ModelSpec::tiny(Architecture::Mixtral),
     ];
-    for f in megakernel_fixtures() {
+    for f in hf_fixtures() {
         specs.push(
             mimo_runtime::resolve_model(&f)
                 .unwrap_or_else(|e| panic!("{}: {e}", f.display()))
@@ -216,25 +216,61 @@ fn op_graphs(spec: &ModelSpec, ctx: usize) -> Vec<OpGraph> {
 
     // k-norm + RoPE + KV append; q-norm + RoPE + split-K attention; merge + o_proj + residual.
     // Then the same over a sliding window of 5 rows (shorter than the test's 40 steps) with a
-    // learned sink per head (MiMo-V2's sliding layers).
-    for (name, window, with_sinks) in [("attention", 0, false), ("attention_window_sinks", 5, true)]
-    {
+    // learned sink per head (MiMo-V2's sliding layers); then with MiMo-V2's other attention
+    // features too: a quarter of each head rotated, values half as wide, scaled before the cache.
+    struct Case {
+        name: &'static str,
+        window: usize,
+        sinks: bool,
+        rotary_dim: usize,
+        v_head_dim: usize,
+        v_scale: f32,
+    }
+    let plain = Case {
+        name: "attention",
+        window: 0,
+        sinks: false,
+        rotary_dim: 0,
+        v_head_dim: hd,
+        v_scale: 1.0,
+    };
+    let sliding = Case {
+        name: "attention_window_sinks",
+        window: 5,
+        sinks: true,
+        ..plain
+    };
+    let mimo = Case {
+        name: "attention_mimo",
+        rotary_dim: hd / 4,
+        v_head_dim: hd / 2,
+        v_scale: 0.707,
+        ..sliding
+    };
+    for case in [plain, sliding, mimo] {
+        let (name, vhd) = (case.name, case.v_head_dim);
         let mut b = GraphBuilder::new(name);
         let pos = b.input("positions", TensorType::i32([1])).unwrap();
         let mut heads = Vec::new();
-        for (name, n) in [("q", nh), ("k", kvh), ("v", kvh)] {
+        for (name, n, dim) in [("q", nh, hd), ("k", kvh, hd), ("v", kvh, vhd)] {
             let raw = b
-                .input(&format!("{name}_raw"), TensorType::f32([1, n * hd]))
+                .input(&format!("{name}_raw"), TensorType::f32([1, n * dim]))
                 .unwrap();
             let mut t = b
                 .op1(
                     &format!("{name}_heads"),
                     Reshape {
-                        shape: vec![1, n, hd],
+                        shape: vec![1, n, dim],
                     },
                     &[raw],
                 )
                 .unwrap();
+            if name == "v" && case.v_scale != 1.0 {
+                let scale = Scale {
+                    factor: case.v_scale,
+                };
+                t = b.op1("v_scaled", scale, &[t]).unwrap();
+            }
             if name != "v" {
                 let w = weight(&mut b, &format!("{name}_norm"), &[hd], dense);
                 t = b
@@ -245,7 +281,7 @@ fn op_graphs(spec: &ModelSpec, ctx: usize) -> Vec<OpGraph> {
                         &format!("{name}_rope"),
                         Rope {
                             theta: spec.rope_theta,
-                            rotary_dim: 0,
+                            rotary_dim: case.rotary_dim,
                         },
                         &[t, pos],
                     )
@@ -253,16 +289,17 @@ fn op_graphs(spec: &ModelSpec, ctx: usize) -> Vec<OpGraph> {
             }
             heads.push(t);
         }
-        let cache = TensorType::new([ctx, kvh, hd], DType::Bf16);
-        let kc = b.state("k_cache", cache.clone()).unwrap();
-        let vc = b.state("v_cache", cache).unwrap();
+        let cache = |dim: usize| TensorType::new([ctx, kvh, dim], DType::Bf16);
+        let kc = b.state("k_cache", cache(hd)).unwrap();
+        let vc = b.state("v_cache", cache(vhd)).unwrap();
         let k_all = b
             .op1("k_append", KvAppend {}, &[kc, heads[1], pos])
             .unwrap();
         let v_all = b
             .op1("v_append", KvAppend {}, &[vc, heads[2], pos])
             .unwrap();
-        let sinks: Vec<mimo_ir::Value> = with_sinks
+        let sinks: Vec<mimo_ir::Value> = case
+            .sinks
             .then(|| weight(&mut b, "sinks", &[nh], dense))
             .into_iter()
             .collect();
@@ -271,7 +308,7 @@ fn op_graphs(spec: &ModelSpec, ctx: usize) -> Vec<OpGraph> {
                 "attention",
                 Attention {
                     scale: 1.0 / (hd as f32).sqrt(),
-                    window,
+                    window: case.window,
                 },
                 &[&[heads[0], k_all, v_all, pos][..], &sinks].concat(),
             )
@@ -280,12 +317,12 @@ fn op_graphs(spec: &ModelSpec, ctx: usize) -> Vec<OpGraph> {
             .op1(
                 "attn_flat",
                 Reshape {
-                    shape: vec![1, nh * hd],
+                    shape: vec![1, nh * vhd],
                 },
                 &[att],
             )
             .unwrap();
-        let wo = weight(&mut b, "wo", &[h, nh * hd], dense);
+        let wo = weight(&mut b, "wo", &[h, nh * vhd], dense);
         let o = b.op1("o_proj", Linear {}, &[flat, wo]).unwrap();
         let resid = b.input("residual", TensorType::f32([1, h])).unwrap();
         let y = b.op1("attn_residual", Add {}, &[resid, o]).unwrap();
@@ -481,7 +518,7 @@ fn op_graphs_fuse_into_their_templates_and_run_on_the_cpu() {
 #[test]
 fn kernel_limits_cover_every_small_model() {
     let l = small_limits();
-    for f in megakernel_fixtures() {
+    for f in hf_fixtures() {
         let s = mimo_runtime::resolve_model(&f).unwrap().spec;
         assert!(
             mimo_compiler::codegen::shared_memory_bytes(&s, 1)
@@ -742,7 +779,7 @@ fn gpu_fixtures_match_the_interpreter_for_64_greedy_tokens() {
     let info = dev.info();
     let limits = small_limits();
     let tmp = tempfile::tempdir().unwrap();
-    for (i, fixture) in megakernel_fixtures().into_iter().enumerate() {
+    for (i, fixture) in hf_fixtures().into_iter().enumerate() {
         let name = fixture.file_name().unwrap().to_string_lossy().to_string();
         // MIMO_TEST_FIXTURES=a,b: only those fixtures (to iterate on one under the emulator).
         if std::env::var("MIMO_TEST_FIXTURES").is_ok_and(|only| !only.split(',').any(|f| f == name))
@@ -956,7 +993,7 @@ fn gpu_generate_runs_a_compiled_artifact() {
     };
     let info = dev.info();
     let tmp = tempfile::tempdir().unwrap();
-    let fixture = &megakernel_fixtures()[0];
+    let fixture = &hf_fixtures()[0];
     let art = tmp.path().join("art");
     let workers = 8.min(info.sm_count).to_string();
     let run = mimo_compile(&[

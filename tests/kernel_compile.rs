@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use common::{megakernel_fixtures, mimo_compile, model_toml};
+use common::{hf_fixtures, mimo_compile, model_toml};
 use mimo_ir::model::dflash::{DraftSpec, default_target_layer_ids, draft_graph, verify_graph};
 use mimo_ir::{Architecture, ModelSpec};
 
@@ -99,7 +99,7 @@ fn assert_no_spills(report: &str, what: &str) {
 fn fixture_kernels_compile_for_sm_90a_without_spills() {
     let tmp = tempfile::tempdir().unwrap();
     let mut sources = BTreeSet::new();
-    for fixture in megakernel_fixtures() {
+    for fixture in hf_fixtures() {
         let name = fixture.file_name().unwrap().to_string_lossy().to_string();
         let toml = model_toml(tmp.path(), &name, &fixture, "mxfp4", "bf16");
         for (model, tag) in [(fixture.clone(), "f32"), (toml, "mxfp4")] {

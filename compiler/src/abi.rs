@@ -23,7 +23,7 @@ use crate::kinds::{self, TaskArgs};
 use crate::program::Program;
 
 /// `MIMO_ABI_VERSION`: an artifact records it, and a runtime refuses a kernel of another.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 /// `MIMO_NONE`: an absent operand.
 pub const NONE: u32 = u32::MAX;
 

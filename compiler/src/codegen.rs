@@ -43,19 +43,21 @@ pub fn generated_header(spec: &ModelSpec, program: &Program) -> String {
     // A DFlash draft program has its own head shapes and projections (its context features,
     // its dense MLP): the limits cover the program's graph as well as the model.
     let attention = attention_shapes(program);
+    let model = KernelShape::of(spec, tokens);
+    // The widest head, query, key or value, of the program or of any layer.
     let head_dim = attention
         .iter()
-        .map(|a| a.head_dim)
-        .chain([spec.head_dim])
+        .flat_map(|a| [a.head_dim, a.v_head_dim])
+        .chain([model.head_dim, model.v_head_dim])
         .max()
         .unwrap_or(1);
-    let model = KernelShape::of(spec, tokens);
     let smem = attention
         .iter()
         .map(|a| KernelShape {
             heads: a.heads,
             kv_heads: a.kv_heads,
             head_dim: a.head_dim,
+            v_head_dim: a.v_head_dim,
             ..model
         })
         .chain([model])
@@ -96,9 +98,11 @@ struct AttentionShape {
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
+    v_head_dim: usize,
 }
 
-/// Every `attention_partial`'s head shape (queries [T, heads, hd], cache [ctx, kv_heads, hd]).
+/// Every `attention_partial`'s head shape (queries [T, heads, hd], caches [ctx, kv_heads, hd]
+/// and [ctx, kv_heads, v_hd]).
 fn attention_shapes(program: &Program) -> Vec<AttentionShape> {
     use mimo_ir::ops::AttentionPartial;
     let g = &program.graph;
@@ -113,10 +117,12 @@ fn attention_shapes(program: &Program) -> Vec<AttentionShape> {
             let node = g.node(n);
             let q = &g.value_type(node.inputs[AttentionPartial::Q]).shape;
             let cache = &g.value_type(node.inputs[AttentionPartial::K_CACHE]).shape;
+            let v_cache = &g.value_type(node.inputs[AttentionPartial::V_CACHE]).shape;
             AttentionShape {
                 heads: q[1],
                 kv_heads: cache[1],
                 head_dim: cache[2],
+                v_head_dim: v_cache[2],
             }
         })
         .collect()

@@ -85,18 +85,7 @@ fn run(args: Args) -> Result<()> {
     let graph = decode_graph(&spec, 1, max_context).context("building the decode graph")?;
     let program = compile(&graph, &CompileOptions::for_machine(machine))
         .context("compiling the decode graph")?;
-    abi::encode(&program).with_context(|| {
-        if spec.architecture.has_megakernel() {
-            "encoding the task tables".to_string()
-        } else {
-            format!(
-                "encoding the task tables: {} has no megakernel yet; it runs on the CPU \
-                 (`mimo generate --model {} --device cpu`)",
-                spec.architecture.model_type(),
-                args.model.display()
-            )
-        }
-    })?;
+    abi::encode(&program).context("encoding the task tables")?;
 
     let speculative = match resolved
         .model_toml

@@ -5,10 +5,12 @@
 // window)), and split s covers rows [r + s*L/splits, r + (s+1)*L/splits). Per query head h:
 //   q = rope(qk_norm ? rms_norm(q_raw[t, h, :], q_norm_w) : q_raw[t, h, :], rope_pos[t])
 // (rope_pos = positions unless the op has its own, rope_positions: the DFlash draft's block queries are
-// rotated at their own positions but all attend up to the block's last)
+// rotated at their own positions but all attend up to the block's last; the first rotary_dim dims
+// of the HD rotate)
 //   s_j = scale * dot(q, k_cache[j, kvh, :]);  m = max_j s_j;  l = sum_j exp(s_j - m);
 //   acc = sum_j exp(s_j - m) * v_cache[j, kvh, :]          (empty split: m = -inf, l = 0, acc = 0)
-// written unnormalised to acc [T, HEADS, splits, HD] and ml [T, HEADS, splits, 2].
+// written unnormalised to acc [T, HEADS, splits, VHD] and ml [T, HEADS, splits, 2]. Keys are HD
+// wide, values VHD (MiMo-V2: 192 and 128).
 //
 // Rows are processed in chunks of 256 (online softmax across chunks, f32 throughout):
 //   scores: thread i takes row i of the chunk, dots it with the G queries (broadcast from shared
@@ -25,7 +27,7 @@ constexpr u32 kAttnChunk = MIMO_THREADS;  // rows per chunk: one per thread in t
 
 struct AttnSmem {
     float* q;       // [G][HD] rotated queries
-    float* acc;     // [G][HD] running sum of p * v
+    float* acc;     // [G][VHD] running sum of p * v
     float* scores;  // [G][kAttnChunk] scores, then weights exp(s - m)
     float* m;       // [G] running maximum
     float* l;       // [G] running sum of weights
@@ -106,10 +108,10 @@ __device__ __forceinline__ void attention_softmax_update(const AttnSmem& sm, u32
 
 // acc[h][d] = alpha[h] * acc[h][d] + sum_i w[h][i] * v[row i][d]. A thread takes the column pair
 // (d, d + 1) for the heads h0, h0 + stride, ... (four at a time), reading V rows coalesced.
-__device__ __forceinline__ void attention_values(const AttnSmem& sm, const u16* v_rows, u64 row_stride, u32 G, u32 hd,
+__device__ __forceinline__ void attention_values(const AttnSmem& sm, const u16* v_rows, u64 row_stride, u32 G, u32 vhd,
                                                  u32 n, bool v32) {
-    const u32 pairs = hd / 2u;
-    const u32 stride = MIMO_THREADS / pairs;  // head groups side by side (hd <= 256 <= 2 * MIMO_THREADS)
+    const u32 pairs = vhd / 2u;
+    const u32 stride = MIMO_THREADS / pairs;  // head groups side by side (vhd <= 256 <= 2 * MIMO_THREADS)
     if (threadIdx.x >= stride * pairs) return;
     const u32 d = 2u * (threadIdx.x % pairs);
     for (u32 hb = threadIdx.x / pairs; hb < G; hb += 4u * stride) {
@@ -117,8 +119,8 @@ __device__ __forceinline__ void attention_values(const AttnSmem& sm, const u16* 
 #pragma unroll
         for (u32 e = 0; e < 4; ++e) {
             const u32 h = hb + e * stride;
-            acc[e][0] = h < G ? sm.acc[h * hd + d] * sm.alpha[h] : 0.0f;
-            acc[e][1] = h < G ? sm.acc[h * hd + d + 1] * sm.alpha[h] : 0.0f;
+            acc[e][0] = h < G ? sm.acc[h * vhd + d] * sm.alpha[h] : 0.0f;
+            acc[e][1] = h < G ? sm.acc[h * vhd + d + 1] * sm.alpha[h] : 0.0f;
         }
 #pragma unroll 4
         for (u32 i = 0; i < n; ++i) {
@@ -139,8 +141,8 @@ __device__ __forceinline__ void attention_values(const AttnSmem& sm, const u16* 
         for (u32 e = 0; e < 4; ++e) {
             const u32 h = hb + e * stride;
             if (h < G) {
-                sm.acc[h * hd + d] = acc[e][0];
-                sm.acc[h * hd + d + 1] = acc[e][1];
+                sm.acc[h * vhd + d] = acc[e][0];
+                sm.acc[h * vhd + d + 1] = acc[e][1];
             }
         }
     }
@@ -148,17 +150,20 @@ __device__ __forceinline__ void attention_values(const AttnSmem& sm, const u16* 
 
 __device__ __noinline__ u32 run_attention_partial(const KernelParams& p, const AttentionPartialArgs& a, u32 unit_begin, u32 unit_end,
                                                   u8* smem) {
-    const u32 heads = a.heads, kv_heads = a.kv_heads, hd = a.head_dim, splits = a.splits;
+    const u32 heads = a.heads, kv_heads = a.kv_heads, hd = a.head_dim, vhd = a.v_head_dim, splits = a.splits;
+    const u32 rotary = a.rotary_dim;
     const float eps = a.eps, theta = a.rope_theta, scale = a.scale;
-    if (hd > MIMO_MAX_HEAD_DIM || hd % 2u != 0) return kOverLimit;
+    if (hd > MIMO_MAX_HEAD_DIM || hd % 2u != 0 || vhd > MIMO_MAX_HEAD_DIM || vhd % 2u != 0 || rotary > hd ||
+        rotary % 2u != 0)
+        return kOverLimit;
     const u32 G = heads / kv_heads;
-    // One array: q and acc [G][HD] each, scores [G][chunk], m, l, alpha [G] each.
-    const u32 floats = 2u * G * hd + G * kAttnChunk + 3u * G;
+    // One array: q [G][HD], acc [G][VHD], scores [G][chunk], m, l, alpha [G] each.
+    const u32 floats = G * (hd + vhd) + G * kAttnChunk + 3u * G;
     if (floats * 4u > MIMO_SMEM_BYTES) return round_up(floats * 4u, 16u);
     AttnSmem sm;
     sm.q = (float*)smem;
     sm.acc = sm.q + G * hd;
-    sm.scores = sm.acc + G * hd;
+    sm.scores = sm.acc + G * vhd;
     sm.m = sm.scores + G * kAttnChunk;
     sm.l = sm.m + G;
     sm.alpha = sm.l + G;
@@ -168,9 +173,9 @@ __device__ __noinline__ u32 run_attention_partial(const KernelParams& p, const A
     if (norm) nw = weight_desc(p, a.q_norm);
     const u16* k_cache = p.state + a.k_cache;
     const u16* v_cache = p.state + a.v_cache;
-    const u64 row_stride = (u64)kv_heads * hd;  // elements between consecutive positions
+    const u64 v_row_stride = (u64)kv_heads * vhd;                // elements between consecutive positions
     const bool vec = hd % 8u == 0 && ((u64)k_cache & 15u) == 0;  // 16-byte K loads
-    const bool v32 = ((u64)v_cache & 3u) == 0;                  // 4-byte V loads (hd is even)
+    const bool v32 = ((u64)v_cache & 3u) == 0;                  // 4-byte V loads (vhd is even)
 
     for (u32 u = unit_begin; u < unit_end; ++u) {
         const u32 kvh = u / splits, s = u % splits;
@@ -184,10 +189,10 @@ __device__ __noinline__ u32 run_attention_partial(const KernelParams& p, const A
 
             for (u32 h = warp_id(); h < G; h += kWarps) {
                 float* q = sm.q + h * hd;
-                head_norm_rope(p.arena + a.q_raw + (t * heads + kvh * G + h) * hd, hd, norm, nw, eps, theta,
+                head_norm_rope(p.arena + a.q_raw + (t * heads + kvh * G + h) * hd, hd, rotary, norm, nw, eps, theta,
                                rope_pos, [&](u32 d, float v) { q[d] = v; });
             }
-            for (u32 i = threadIdx.x; i < G * hd; i += MIMO_THREADS) sm.acc[i] = 0.0f;
+            for (u32 i = threadIdx.x; i < G * vhd; i += MIMO_THREADS) sm.acc[i] = 0.0f;
             for (u32 h = threadIdx.x; h < G; h += MIMO_THREADS) {
                 sm.m[h] = neg_inf();
                 sm.l[h] = 0.0f;
@@ -201,14 +206,14 @@ __device__ __noinline__ u32 run_attention_partial(const KernelParams& p, const A
                 __syncthreads();
                 attention_softmax_update(sm, G, n);
                 __syncthreads();
-                attention_values(sm, v_cache + ((u64)c0 * kv_heads + kvh) * hd, row_stride, G, hd, n, v32);
+                attention_values(sm, v_cache + ((u64)c0 * kv_heads + kvh) * vhd, v_row_stride, G, vhd, n, v32);
                 __syncthreads();
             }
 
             const u32 slot0 = (t * heads + kvh * G) * splits + s;  // (t, first head of the group, s)
-            for (u32 i = threadIdx.x; i < G * hd; i += MIMO_THREADS) {
-                const u32 h = i / hd, d = i % hd;
-                st_f32(p.arena + a.acc + (u64)(slot0 + h * splits) * hd + d, sm.acc[i]);
+            for (u32 i = threadIdx.x; i < G * vhd; i += MIMO_THREADS) {
+                const u32 h = i / vhd, d = i % vhd;
+                st_f32(p.arena + a.acc + (u64)(slot0 + h * splits) * vhd + d, sm.acc[i]);
             }
             for (u32 h = threadIdx.x; h < G; h += MIMO_THREADS) {
                 float* ml = p.arena + a.ml + (u64)(slot0 + h * splits) * 2u;

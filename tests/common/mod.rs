@@ -60,23 +60,6 @@ pub fn hf_fixture(name: &str) -> PathBuf {
     dir
 }
 
-/// The fixtures of the families the megakernel serves ([`mimo_ir::Architecture::has_megakernel`]);
-/// says on stderr which it leaves out, and why.
-pub fn megakernel_fixtures() -> Vec<PathBuf> {
-    let (kept, left): (Vec<PathBuf>, Vec<PathBuf>) = hf_fixtures().into_iter().partition(|f| {
-        let config = read_json(&f.join("config.json"));
-        let model_type = config["model_type"].as_str().unwrap_or_default();
-        mimo_ir::Architecture::from_model_type(model_type).is_some_and(|a| a.has_megakernel())
-    });
-    for f in &left {
-        eprintln!(
-            "skipped fixture {} here: its family has no megakernel templates yet (it is checked on the CPU by hf_parity)",
-            f.file_name().unwrap_or_default().to_string_lossy()
-        );
-    }
-    kept
-}
-
 pub fn read_json(path: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))

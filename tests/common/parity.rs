@@ -5,6 +5,7 @@
 use mimo_ir::formats::WeightFormat;
 use mimo_ir::interp::{self, F32Weights, StateStore};
 use mimo_ir::model::build::decode_graph;
+use mimo_ir::model::names::LayerWeight;
 use mimo_ir::weights::WeightStore;
 use mimo_ir::{Graph, ModelSpec, Tensor};
 use mimo_runtime::engine::{CpuEngine, Engine, StepOutput};
@@ -102,8 +103,10 @@ impl Engine for Bf16Twin {
     }
 }
 
-/// Per position of `seq` (one forced step from an empty cache), each MoE layer's router logits.
-pub fn router_logits(
+/// Per position of `seq` (one forced step from an empty cache), each MoE layer's router
+/// selection keys: the keys its top-k compares, the router logits themselves for a softmax
+/// router, `sigmoid(logit) + selection_bias` for MiMo-V2's sigmoid router.
+pub fn router_keys(
     spec: &ModelSpec,
     weights: &F32Weights,
     seq: &[u32],
@@ -133,14 +136,32 @@ pub fn router_logits(
     } else {
         run()
     };
+    let bias = |name: &str| -> Option<Vec<f32>> {
+        if !spec.architecture.has_sigmoid_router() {
+            return None;
+        }
+        let layer: usize = name.split('.').nth(1)?.parse().ok()?;
+        let bias = weights.get(&LayerWeight::RouterBias.name(layer));
+        Some(bias.expect("a sigmoid router's bias").f32().to_vec())
+    };
+    let biases: Vec<Option<Vec<f32>>> = routers.iter().map(|(name, _)| bias(name)).collect();
     (0..seq.len())
         .map(|t| {
             routers
                 .iter()
-                .map(|(name, _)| {
+                .zip(&biases)
+                .map(|((name, _), bias)| {
                     let r = &out[name];
                     let e = r.shape[1];
-                    r.f32()[t * e..(t + 1) * e].to_vec()
+                    let logits = &r.f32()[t * e..(t + 1) * e];
+                    match bias {
+                        Some(bias) => logits
+                            .iter()
+                            .zip(bias)
+                            .map(|(&l, &b)| 1.0 / (1.0 + (-l).exp()) + b)
+                            .collect(),
+                        None => logits.to_vec(),
+                    }
                 })
                 .collect()
         })
@@ -148,8 +169,8 @@ pub fn router_logits(
 }
 
 /// Positions where the oracle's choice of experts is within bf16 reach: in some layer the gap
-/// between the k-th and (k+1)-th router logit is at most 4x what the bf16 twin moves that
-/// layer's router logits at that position. The kernel may legitimately route those tokens
+/// between the k-th and (k+1)-th router key ([`router_keys`]) is at most 4x what the bf16 twin
+/// moves that layer's keys at that position. The kernel may legitimately route those tokens
 /// differently, which changes their logits by far more than rounding does.
 pub fn router_near_ties(
     spec: &ModelSpec,
@@ -159,8 +180,8 @@ pub fn router_near_ties(
     ctx: usize,
 ) -> Vec<usize> {
     let k = spec.experts_per_token;
-    let want = router_logits(spec, oracle, seq, ctx, false);
-    let bf16 = router_logits(spec, twin, seq, ctx, true);
+    let want = router_keys(spec, oracle, seq, ctx, false);
+    let bf16 = router_keys(spec, twin, seq, ctx, true);
     (0..seq.len())
         .filter(|&t| {
             want[t].iter().zip(&bf16[t]).any(|(w, b)| {

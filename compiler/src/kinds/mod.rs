@@ -32,7 +32,7 @@ use std::any::TypeId;
 use std::collections::BTreeSet;
 
 use mimo_ir::graph::{NodeKind, Value};
-use mimo_ir::ops::{Linear, Reshape, RmsNorm, Rope};
+use mimo_ir::ops::{Linear, Reshape, RmsNorm, Rope, Scale};
 use mimo_ir::{Graph, Op};
 use petgraph::graph::NodeIndex;
 use serde::{Deserialize, Serialize};
@@ -179,21 +179,32 @@ pub struct KernelShape {
     pub hidden: usize,
     pub heads: usize,
     pub kv_heads: usize,
+    /// Query and key head dim.
     pub head_dim: usize,
+    pub v_head_dim: usize,
     pub top_k: usize,
     pub experts: usize,
     pub expert_intermediate: usize,
 }
 
 impl KernelShape {
-    /// The shape of `spec`'s layers at `tokens` per step.
+    /// A shape that bounds every layer of `spec` at `tokens` per step: the most heads, the
+    /// fewest KV heads (so the largest query group) and the widest heads of any layer's
+    /// attention (MiMo-V2's full and sliding layers differ).
     pub fn of(spec: &mimo_ir::ModelSpec, tokens: usize) -> Self {
+        let layers: Vec<_> = (0..spec.num_layers.max(1))
+            .map(|l| spec.attention(l))
+            .collect();
+        let most = |f: fn(&mimo_ir::model::AttentionSpec) -> usize| {
+            layers.iter().map(f).max().unwrap_or(0)
+        };
         KernelShape {
             tokens,
             hidden: spec.hidden_size,
-            heads: spec.num_heads,
-            kv_heads: spec.num_kv_heads,
-            head_dim: spec.head_dim,
+            heads: most(|a| a.num_heads),
+            kv_heads: layers.iter().map(|a| a.num_kv_heads).min().unwrap_or(1),
+            head_dim: most(|a| a.head_dim),
+            v_head_dim: most(|a| a.v_head_dim),
             top_k: spec.experts_per_token,
             experts: spec.num_experts,
             expert_intermediate: spec.expert_intermediate_size,
@@ -268,6 +279,18 @@ fn head_prologue_and(op: TypeId) -> [TypeId; 4] {
         op_type::<RmsNorm>(),
         op_type::<Rope>(),
     ]
+}
+
+/// A q or k path's per-head prologue as the templates apply it (`head_norm_rope` in
+/// templates/common/norm.cuh).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct HeadPrologue {
+    /// The per-head RMSNorm's weight, MIMO_NONE for none.
+    pub norm: WeightIndex,
+    pub eps: f32,
+    pub rope_theta: f32,
+    /// Leading dims of a head that rotate (the head dim unless the rope is partial).
+    pub rotary_dim: u32,
 }
 
 /// The type of op `T`, for [`OpTypes::only`].
@@ -424,21 +447,21 @@ impl Encoder<'_> {
         &self.graph.value_type(v).shape
     }
 
-    /// The optional per-head norm (weight, eps) before the group's rope, and the rope's theta.
-    pub fn head_prologue(&self, op: &FusedOp) -> Result<(WeightIndex, f32, f32), AbiError> {
+    /// The group's per-head prologue: its optional norm and its (one) rope.
+    pub fn head_prologue(&self, op: &FusedOp) -> Result<HeadPrologue, AbiError> {
         let rope = self.one::<Rope>(op)?;
         let attrs = self.attrs::<Rope>(rope).expect("a member of its type");
-        // The templates rotate every dim of a head.
         let head_dim = self.shape(self.input(rope, Rope::X))[2];
-        if attrs.rotating(head_dim) != head_dim {
-            return Err(self.shape_error(op, "partial rotary embedding has no CUDA template yet"));
-        }
-        let theta = attrs.theta as f32;
         let (norm, eps) = match self.whole_norm(op) {
             Some(n) => self.norm(n)?,
             None => (NONE, 0.0),
         };
-        Ok((norm, eps, theta))
+        Ok(HeadPrologue {
+            norm,
+            eps,
+            rope_theta: attrs.theta as f32,
+            rotary_dim: attrs.rotating(head_dim) as u32,
+        })
     }
 
     /// What `op`'s projections read: the input of its whole `rms_norm` member, with the norm's
@@ -481,6 +504,29 @@ impl Encoder<'_> {
                 return Err(
                     self.shape_error(op, format!("its head prologue cannot apply `{name}`"))
                 );
+            }
+            v = self.input(v.node.index(), 0);
+        }
+    }
+
+    /// The projection a cached value is computed from through reshapes and scales (MiMo-V2's
+    /// value scale), and the product of the scales' factors. Any other op on the way (a norm or
+    /// a rope the value template would not apply) is refused, naming it.
+    pub fn value_projection(&self, op: &FusedOp, mut v: Value) -> Result<(Value, f32), AbiError> {
+        let mut factor = 1.0f32;
+        loop {
+            let Some(o) = self.node(v.node.index()).op() else {
+                return Ok((v, factor));
+            };
+            let o = o.as_any();
+            if o.is::<Linear>() {
+                return Ok((v, factor));
+            }
+            if let Some(scale) = o.downcast_ref::<Scale>() {
+                factor *= scale.factor;
+            } else if !o.is::<Reshape>() {
+                let name = &self.node(v.node.index()).name;
+                return Err(self.shape_error(op, format!("its value path cannot apply `{name}`")));
             }
             v = self.input(v.node.index(), 0);
         }

@@ -44,14 +44,6 @@ impl Architecture {
         matches!(self, Architecture::Qwen3Moe)
     }
 
-    /// Whether the megakernel's CUDA templates cover this family. MiMo-V2's sliding-window and
-    /// sink attention and its sigmoid router have templates; its partial RoPE, narrow values and
-    /// value scale have none yet, so it runs on the reference interpreter and the CPU schedule
-    /// executor.
-    pub fn has_megakernel(self) -> bool {
-        !matches!(self, Architecture::MimoV2Flash)
-    }
-
     /// Whether the router scores experts with a sigmoid and selects with a bias (MiMo-V2);
     /// otherwise a softmax.
     pub fn has_sigmoid_router(self) -> bool {

@@ -1,5 +1,6 @@
 //! A value times a constant: MiMo-V2 scales its attention values by `attention_value_scale`
-//! before they enter the KV cache. Tiles split the last axis, like the other elementwise ops.
+//! before they enter the KV cache. Tiles split the last axis, like the other elementwise ops; a
+//! prologue its consumers recompute, as the other cheap per-element ops are.
 
 use std::ops::Range;
 
@@ -42,6 +43,11 @@ impl Op for Scale {
         for i in column_indices(y.len(), cols, units) {
             y[i] = self.factor * x[i];
         }
+    }
+
+    /// One multiply per element: the value cache's append applies it as it stores (`v_scale`).
+    fn recompute_in_consumers(&self) -> bool {
+        true
     }
 }
 
