@@ -43,7 +43,7 @@ fn compiled_artifacts_match_transformers() {
 #[test]
 fn a_stale_artifact_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let fixture = &hf_fixtures()[0];
+    let fixture = &common::hf_fixture("qwen3_moe_a");
     let model = tmp.path().join("model");
     std::fs::create_dir(&model).unwrap();
     for entry in std::fs::read_dir(fixture).unwrap() {

@@ -121,11 +121,14 @@ enum Source {
     Tensor(String),
     /// Per-expert matrices stacked along a new leading axis.
     Stacked(Vec<String>),
-    /// Rows `[offset, offset + R)` of every expert's matrix in a fused `[E, rows, C]` tensor.
+    /// A tensor of C columns read as blocks of `rows` rows: rows `[offset, offset + take)` of
+    /// every block, in order. Each expert's gate (or up) half of a fused `[E, 2R, C]` gate_up; a
+    /// fused `qkv_proj`'s q (or k, or v) rows from each of its per-KV-group blocks.
     Rows {
         name: String,
         rows: usize,
         offset: usize,
+        take: usize,
     },
     /// Pre-quantised MXFP4 experts: each expert's U8 codes and `weight_scale` tensors, stacked.
     Mxfp4Stacked(Vec<[String; 2]>),
@@ -163,7 +166,7 @@ impl Job {
     fn transient_bytes(&self) -> usize {
         let numel: usize = self.shape.iter().product();
         match self.source {
-            Source::Rows { rows, .. } => (numel + numel / self.shape[1] * rows) * 4,
+            Source::Rows { rows, take, .. } => (numel + numel / take.max(1) * rows) * 4,
             Source::Mxfp4Stacked(_) => numel / 2 + numel / MX_BLOCK,
             _ => numel * 4,
         }
@@ -183,13 +186,18 @@ impl Job {
                     .try_for_each(|(chunk, name)| ckpt.read_f32_into(name, chunk))?;
                 values
             }
-            Source::Rows { name, rows, offset } => {
+            Source::Rows {
+                name,
+                rows,
+                offset,
+                take,
+            } => {
                 let (_, fused) = ckpt.read_f32(name)?;
-                let (e, r, c) = (self.shape[0], self.shape[1], self.shape[2]);
+                let c = self.shape.last().copied().unwrap_or(1);
                 let mut values = Vec::with_capacity(numel);
-                for expert in 0..e {
-                    let start = (expert * rows + offset) * c;
-                    values.extend_from_slice(&fused[start..start + r * c]);
+                for block in 0..numel / (take * c).max(1) {
+                    let start = (block * rows + offset) * c;
+                    values.extend_from_slice(&fused[start..start + take * c]);
                 }
                 values
             }
@@ -305,6 +313,12 @@ fn layer_source(
     let dense = |suffix: &str| single(ckpt, &format!("{p}{suffix}"), shape);
     match weight {
         LayerWeight::AttnNorm => dense("input_layernorm.weight"),
+        LayerWeight::Wq | LayerWeight::Wk | LayerWeight::Wv
+            if !ckpt.contains(&format!("{p}self_attn.q_proj.weight"))
+                && ckpt.contains(&format!("{p}self_attn.qkv_proj.weight")) =>
+        {
+            fused_qkv_source(spec, ckpt, layer, weight)
+        }
         LayerWeight::Wq => dense("self_attn.q_proj.weight"),
         LayerWeight::Wk => dense("self_attn.k_proj.weight"),
         LayerWeight::Wv => dense("self_attn.v_proj.weight"),
@@ -396,6 +410,46 @@ fn expert_source(
         name: fused,
         rows: 2 * r,
         offset,
+        take: r,
+    })
+}
+
+/// MiMo-V2.5's fused `self_attn.qkv_proj.weight`, stored for tensor parallelism over as many
+/// ranks as the model's (full-attention) KV heads: one block per rank, each the rank's
+/// `[q heads | k heads | v heads]` rows. `weight` is one of Wq, Wk, Wv: its rows from every block.
+fn fused_qkv_source(
+    spec: &ModelSpec,
+    ckpt: &Checkpoint,
+    layer: usize,
+    weight: LayerWeight,
+) -> Result<Source, LoadError> {
+    let name = format!("model.layers.{layer}.self_attn.qkv_proj.weight");
+    let a = spec.attention(layer);
+    let ranks = spec.num_kv_heads;
+    if !a.num_heads.is_multiple_of(ranks) || !a.num_kv_heads.is_multiple_of(ranks) {
+        return Err(LoadError::invalid(
+            ckpt.file_of(&name),
+            format!(
+                "`{name}`: layer {layer}'s {} query and {} KV heads do not split over the {ranks} \
+                 blocks of a fused qkv_proj (num_key_value_heads)",
+                a.num_heads, a.num_kv_heads
+            ),
+        ));
+    }
+    let q = a.num_heads / ranks * a.head_dim;
+    let k = a.num_kv_heads / ranks * a.head_dim;
+    let v = a.num_kv_heads / ranks * a.v_head_dim;
+    check_shape(ckpt, &name, &[ranks * (q + k + v), spec.hidden_size])?;
+    let (offset, take) = match weight {
+        LayerWeight::Wq => (0, q),
+        LayerWeight::Wk => (q, k),
+        _ => (q + k, v),
+    };
+    Ok(Source::Rows {
+        name,
+        rows: q + k + v,
+        offset,
+        take,
     })
 }
 

@@ -14,8 +14,10 @@ pub enum Architecture {
     Qwen3Moe,
     /// `model_type = "mixtral"`: no q/k norm, router always renormalised.
     Mixtral,
-    /// `model_type = "mimo_v2_flash"` (Xiaomi MiMo-V2-Flash): no q/k norm; full and sliding-window
-    /// attention layers ([`HybridSpec`]); a sigmoid router with a selection bias.
+    /// `model_type = "mimo_v2_flash"` (Xiaomi MiMo-V2-Flash), and `"mimo_v2"` (MiMo-V2.5 and
+    /// V2.5-Pro: the same decoder, whose checkpoints may fuse q/k/v into one `qkv_proj`): no q/k
+    /// norm; full and sliding-window attention layers ([`HybridSpec`]); a sigmoid router with a
+    /// selection bias.
     MimoV2Flash,
 }
 
@@ -34,7 +36,7 @@ impl Architecture {
         match model_type {
             "qwen3_moe" => Some(Architecture::Qwen3Moe),
             "mixtral" => Some(Architecture::Mixtral),
-            "mimo_v2_flash" => Some(Architecture::MimoV2Flash),
+            "mimo_v2_flash" | "mimo_v2" => Some(Architecture::MimoV2Flash),
             _ => None,
         }
     }

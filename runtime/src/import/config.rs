@@ -32,7 +32,7 @@ pub enum ConfigError {
         format: &'static str,
         message: String,
     },
-    #[error("unknown {field} `{value}` in {} (supported: qwen3_moe, mixtral, mimo_v2_flash)", file.display())]
+    #[error("unknown {field} `{value}` in {} (supported: qwen3_moe, mixtral, mimo_v2_flash, mimo_v2)", file.display())]
     UnknownModelType {
         file: PathBuf,
         field: String,
@@ -104,6 +104,7 @@ const KNOWN_KEYS: &[&str] = &[
     "add_swa_attention_sink_bias",
     "add_full_attention_sink_bias",
     "layernorm_epsilon",
+    "attention_projection_layout",
 ];
 
 /// The JSON object `text` holds (a `config.json`); `source` names the file in errors.
@@ -935,7 +936,7 @@ mod tests {
     fn unknown_model_type() {
         assert_eq!(
             err(&edit(QWEN_V4, "model_type", Some("llama".into()))),
-            "unknown model_type `llama` in cfg/config.json (supported: qwen3_moe, mixtral, mimo_v2_flash)"
+            "unknown model_type `llama` in cfg/config.json (supported: qwen3_moe, mixtral, mimo_v2_flash, mimo_v2)"
         );
     }
 
@@ -1084,7 +1085,7 @@ mod tests {
             .to_string();
         assert_eq!(
             e,
-            "unknown model.architecture `gpt2` in /models/x/model.toml (supported: qwen3_moe, mixtral, mimo_v2_flash)"
+            "unknown model.architecture `gpt2` in /models/x/model.toml (supported: qwen3_moe, mixtral, mimo_v2_flash, mimo_v2)"
         );
         let e = toml("[model]\narchitecture = \"mixtral\"\nnum_expert = 8")
             .unwrap_err()

@@ -455,3 +455,51 @@ fn mimo_tensors_are_named_in_errors() {
         )
     );
 }
+
+/// MiMo-V2.5's fused `qkv_proj` (the derived fixture `mimo_v2_c`) loads to exactly the q, k and v
+/// projections of the checkpoint it was fused from; a fused tensor of the wrong shape is named.
+#[test]
+fn fused_qkv_splits_into_the_projections_it_was_made_of() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hf");
+    let open = |name: &str| {
+        let dir = fixtures.join(name);
+        let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+        let spec = crate::import::config::spec_from_hf_config(&config, &dir).unwrap();
+        let store = load(&spec, &dir).unwrap();
+        (spec, store, dir)
+    };
+    let (spec, separate, _) = open("mimo_v2_flash_b");
+    let (_, fused, dir) = open("mimo_v2_c");
+    assert_eq!(fused.len(), separate.len());
+    for (name, w) in separate.iter() {
+        assert_eq!(fused.get(name).unwrap().to_f32(), w.to_f32(), "{name}");
+    }
+
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    let t: Tensors = ckpt
+        .tensor_names()
+        .map(|n| (n.to_string(), ckpt.read_f32(n).unwrap()))
+        .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let name = "model.layers.1.self_attn.qkv_proj.weight";
+    rewrite(tmp.path(), &t, |t| {
+        t.insert(name.into(), (vec![300, 64], values(300 * 64, 2)));
+    });
+    assert_eq!(
+        load(&spec, tmp.path()).unwrap_err().to_string(),
+        format!(
+            "tensor `{name}` in {}: expected shape [320, 64], found [300, 64]",
+            tmp.path().join("model.safetensors").display()
+        )
+    );
+    // One KV head in the sliding layers does not split over the two blocks.
+    let mut one_kv_head = spec.clone();
+    one_kv_head.hybrid.as_mut().unwrap().sliding.num_kv_heads = 1;
+    assert_eq!(
+        load(&one_kv_head, &dir).unwrap_err().to_string(),
+        format!(
+            "{}: `{name}`: layer 1's 4 query and 1 KV heads do not split over the 2 blocks of a fused qkv_proj (num_key_value_heads)",
+            dir.join("model.safetensors").display()
+        )
+    );
+}

@@ -45,6 +45,16 @@ impl Fields<'_> {
                 ));
             }
         }
+        // MiMo-V2.5: the checkpoint fuses q/k/v into one `qkv_proj` (the loader splits it).
+        if let Some(layout) =
+            self.optional("attention_projection_layout", |f, k, v| f.string(k, v))?
+            && layout != "fused_qkv"
+        {
+            return Err(self.unsupported(
+                "attention_projection_layout",
+                format!("`{layout}` (only `fused_qkv`, or none for separate projections)"),
+            ));
+        }
         let sliding_layers = self.per_layer(
             layers,
             ("layer_types", &[(FULL, false), (SLIDING, true)]),
@@ -390,6 +400,16 @@ mod tests {
         assert_eq!(parse(&both).unwrap(), s);
     }
 
+    /// MiMo-V2.5's `mimo_v2` is the same decoder: its config (the derived fixture's, hub-style
+    /// with `attention_projection_layout = "fused_qkv"`) gives the spec of the one it came from.
+    #[test]
+    fn mimo_v2_configs_import_as_the_family() {
+        let flash = parse(&fixture("mimo_v2_flash_b")).unwrap();
+        let v2 = parse(&fixture("mimo_v2_c")).unwrap();
+        assert_eq!(v2.architecture, Architecture::MimoV2Flash);
+        assert_eq!(v2, flash);
+    }
+
     #[test]
     fn bad_mimo_configs_name_the_field() {
         let base = fixture("mimo_v2_flash_a");
@@ -433,6 +453,10 @@ mod tests {
             (
                 json!({"swa_num_key_value_heads": 3}),
                 "m/config.json: hybrid.sliding.num_kv_heads: 3 does not divide num_heads 4",
+            ),
+            (
+                json!({"attention_projection_layout": "fused_qkvo"}),
+                "m/config.json: field `attention_projection_layout`: unsupported: `fused_qkvo` (only `fused_qkv`, or none for separate projections)",
             ),
         ] {
             assert_eq!(
